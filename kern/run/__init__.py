@@ -1,0 +1,1 @@
+"""Run types: statuses (`kern.run.base`) and events and outputs (`kern.run.agent`)."""

@@ -1,0 +1,300 @@
+"""The run loop, written once (async); every way of running an agent comes here.
+
+    create record (PENDING) -> start (RUNNING) -> RunStarted
+      -> model stream -> RunContent ... -> tool calls -> model again ...
+      -> finish (compare-and-set) -> exactly one terminal event
+
+A cancel reaches a run through its `RunHandle`: a local flag read once per
+chunk (no I/O) and a cancel of the run's task, which wakes whatever the run
+awaits. The terminal event reports the status the control plane stored, so
+when a cancel races completion both sides agree on the winner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from kern.context import RunCancelled, RunContext, RunHandle
+from kern.control.base import RunRecord
+from kern.exceptions import KernError, ModelError
+from kern.models.base import Message, Model, ModelDelta, TextDelta, ToolCall, ToolSpec
+from kern.run.agent import (
+    Metrics,
+    RunCancelledEvent,
+    RunCompletedEvent,
+    RunContentEvent,
+    RunErrorEvent,
+    RunOutputEvent,
+    RunStartedEvent,
+    TerminalEvent,
+    ToolCallCompletedEvent,
+    ToolCallStartedEvent,
+    ToolExecution,
+)
+from kern.run.base import RunStatus
+
+if TYPE_CHECKING:
+    from kern.agent import Agent
+
+T = TypeVar("T")
+Emit = Callable[[RunOutputEvent], None]
+
+REASON_CALLER_CANCELLED = "caller_cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """One run to execute: who, what, and whether the model streams."""
+
+    run_id: str
+    input: str
+    session_id: str | None = None
+    user_id: str | None = None
+    stream: bool = True
+
+
+@dataclass(slots=True)
+class _Progress:
+    parts: list[str] = field(default_factory=list)
+    tools: list[ToolExecution] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=Metrics)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def content(self) -> str:
+        return "".join(self.parts)
+
+
+async def execute_run(
+    agent: Agent, request: RunRequest, emit: Emit, *, create: bool = True
+) -> TerminalEvent:
+    """Execute one run of ``agent``, sending every event to ``emit``.
+
+    ``create=False`` runs a record that already exists (a queued run).
+    Raises before any event only for a bad request (`RunIdInUse`, `InvalidRunId`).
+    """
+    control = agent.control
+    if create:
+        await control.acreate(
+            RunRecord(
+                run_id=request.run_id,
+                agent_id=agent.id,
+                session_id=request.session_id,
+                user_id=request.user_id,
+                input=request.input,
+            )
+        )
+    task = asyncio.current_task()
+    handle = RunHandle(request.run_id, agent.id, asyncio.get_running_loop(), task)
+    control.local.add(handle)
+    progress = _Progress()
+    status, error, reason = RunStatus.completed, None, None
+    outside_cancel = False
+    started_sent = False
+    try:
+        try:
+            record = await control.astart(request.run_id)
+            emit(_started(agent, request))
+            started_sent = True
+            if record is None:
+                raise RunCancelled("cancelled before it started")
+            await _drive(agent, request, handle, progress, emit)
+        except asyncio.CancelledError:
+            if not handle.consume_own_cancel():
+                outside_cancel = True
+                stop = control.acancel(request.run_id, reason=REASON_CALLER_CANCELLED)
+                await _settle(handle, stop)
+            status, reason = RunStatus.cancelled, handle.reason or REASON_CALLER_CANCELLED
+        except RunCancelled:
+            status, reason = RunStatus.cancelled, handle.reason
+        except Exception as exc:  # the run ends ERROR; the caller gets the event, not a raise
+            status, error = RunStatus.error, _describe(exc)
+        if not started_sent:
+            emit(_started(agent, request))
+        # A late interrupt must not stop the owner from saving what it has.
+        handle.closing = True
+        progress.metrics.duration = time.monotonic() - progress.started
+        try:
+            stored = await _settle(
+                handle,
+                control.afinish(
+                    request.run_id,
+                    status,
+                    content=progress.content,
+                    metrics=progress.metrics,
+                    error=error,
+                    reason=reason,
+                ),
+            )
+            final = _terminal(agent, request, stored, progress)
+        except Exception as exc:  # control plane down: still end the stream, content kept
+            final = RunErrorEvent(
+                run_id=request.run_id,
+                agent_id=agent.id,
+                session_id=request.session_id,
+                content=progress.content,
+                metrics=progress.metrics,
+                error=f"could not record the end of the run: {_describe(exc)}",
+            )
+        emit(final)
+        if outside_cancel:
+            raise asyncio.CancelledError
+        return final
+    finally:
+        control.local.remove(handle)
+
+
+async def _settle(handle: RunHandle, awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` to the end even if this run's own interrupt lands meanwhile."""
+    future = asyncio.ensure_future(awaitable)
+    while True:
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not handle.consume_own_cancel():
+                raise
+
+
+async def _drive(
+    agent: Agent, request: RunRequest, handle: RunHandle, progress: _Progress, emit: Emit
+) -> None:
+    messages = agent.build_messages(request.input)
+    specs = [tool.spec for tool in agent.tools]
+    ctx = RunContext(handle, request.session_id, request.user_id)
+    for _ in range(agent.max_tool_rounds + 1):
+        calls: list[ToolCall] = []
+        round_start = len(progress.parts)
+        progress.metrics.model_requests += 1
+        async with contextlib.aclosing(
+            _deltas(agent.model, messages, specs, request.stream)
+        ) as deltas:
+            async for delta in deltas:
+                if handle.cancel_requested:  # the hot path: a local flag, no I/O
+                    raise RunCancelled(request.run_id)
+                if isinstance(delta, TextDelta):
+                    if not delta.text:
+                        continue
+                    if progress.metrics.time_to_first_token is None:
+                        progress.metrics.time_to_first_token = time.monotonic() - progress.started
+                    progress.parts.append(delta.text)
+                    emit(
+                        RunContentEvent(
+                            run_id=request.run_id,
+                            agent_id=agent.id,
+                            session_id=request.session_id,
+                            content=delta.text,
+                        )
+                    )
+                elif isinstance(delta, ToolCall):
+                    calls.append(delta)
+                else:
+                    progress.metrics.add_usage(delta.input_tokens, delta.output_tokens)
+        if not calls:
+            return
+        text = "".join(progress.parts[round_start:])
+        messages.append(Message("assistant", text, tool_calls=tuple(calls)))
+        for call in calls:
+            messages.append(await _call_tool(agent, request, call, ctx, progress, emit))
+    raise ModelError(f"the model asked for tools more than {agent.max_tool_rounds} times")
+
+
+async def _deltas(
+    model: Model, messages: Sequence[Message], specs: Sequence[ToolSpec], stream: bool
+) -> AsyncGenerator[ModelDelta, None]:
+    if stream:
+        deltas = model.stream(messages, specs)
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            # Close the provider's stream now (not at garbage collection): this
+            # is what closes the upstream HTTP response of a cancelled run.
+            aclose = getattr(deltas, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    else:
+        for delta in (await model.request(messages, specs)).deltas():
+            yield delta
+
+
+async def _call_tool(
+    agent: Agent,
+    request: RunRequest,
+    call: ToolCall,
+    ctx: RunContext,
+    progress: _Progress,
+    emit: Emit,
+) -> Message:
+    execution = ToolExecution(tool_call_id=call.call_id, tool_name=call.name)
+    tool = agent.tool(call.name)
+    try:
+        execution.tool_args = json.loads(call.arguments or "{}")
+    except ValueError:
+        execution.tool_args = {"_raw": call.arguments}
+    emit(
+        ToolCallStartedEvent(
+            run_id=request.run_id,
+            agent_id=agent.id,
+            session_id=request.session_id,
+            tool=execution.model_copy(),
+        )
+    )
+    if tool is None:
+        execution.error = f"unknown tool {call.name!r}"
+    else:
+        try:
+            execution.result = await tool.invoke(call.arguments, ctx)
+        except RunCancelled:
+            raise
+        except Exception as exc:  # told to the model, which may recover
+            execution.error = _describe(exc)
+    progress.tools.append(execution)
+    emit(
+        ToolCallCompletedEvent(
+            run_id=request.run_id,
+            agent_id=agent.id,
+            session_id=request.session_id,
+            tool=execution.model_copy(),
+        )
+    )
+    result = execution.result if execution.error is None else f"Error: {execution.error}"
+    return Message("tool", result or "", tool_call_id=call.call_id, name=call.name)
+
+
+def _started(agent: Agent, request: RunRequest) -> RunStartedEvent:
+    return RunStartedEvent(
+        run_id=request.run_id,
+        agent_id=agent.id,
+        session_id=request.session_id,
+        model=agent.model.id,
+    )
+
+
+def _terminal(
+    agent: Agent, request: RunRequest, stored: RunRecord, progress: _Progress
+) -> TerminalEvent:
+    common = {
+        "run_id": request.run_id,
+        "agent_id": agent.id,
+        "session_id": request.session_id,
+        "content": progress.content,
+        "metrics": progress.metrics,
+    }
+    if stored.status == RunStatus.completed:
+        return RunCompletedEvent.model_validate(common)
+    if stored.status == RunStatus.cancelled:
+        return RunCancelledEvent.model_validate({**common, "reason": stored.cancel_reason})
+    return RunErrorEvent.model_validate({**common, "error": stored.error or "run failed"})
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KernError):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
