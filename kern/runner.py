@@ -47,6 +47,9 @@ Emit = Callable[[RunOutputEvent], None]
 
 REASON_CALLER_CANCELLED = "caller_cancelled"
 
+EVENT_FLUSH_INTERVAL = 0.02
+"""Seconds a recorded run's events wait to be appended to its log in one batch."""
+
 
 @dataclass(frozen=True, slots=True)
 class RunRequest:
@@ -72,14 +75,24 @@ class _Progress:
 
 
 async def execute_run(
-    agent: Agent, request: RunRequest, emit: Emit, *, create: bool = True
+    agent: Agent,
+    request: RunRequest,
+    emit: Emit,
+    *,
+    create: bool = True,
+    record_events: bool = False,
 ) -> TerminalEvent:
     """Execute one run of ``agent``, sending every event to ``emit``.
 
     ``create=False`` runs a record that already exists (a queued run).
+    ``record_events=True`` also appends the events to the run's log in the
+    control plane, in batches, so other processes can follow or replay it.
     Raises before any event only for a bad request (`RunIdInUse`, `InvalidRunId`).
     """
     control = agent.control
+    recorder = _Recorder(agent, request.run_id, emit) if record_events else None
+    if recorder is not None:
+        emit = recorder.emit
     if create:
         await control.acreate(
             RunRecord(
@@ -143,11 +156,59 @@ async def execute_run(
                 error=f"could not record the end of the run: {_describe(exc)}",
             )
         emit(final)
+        if recorder is not None:
+            await _settle(handle, recorder.flush())
         if outside_cancel:
             raise asyncio.CancelledError
         return final
     finally:
         control.local.remove(handle)
+
+
+class _Recorder:
+    """Numbers a run's events and appends them to its log, a batch at a time.
+
+    Batching keeps the control plane's traffic per run independent of how many
+    chunks the model sends.
+    """
+
+    def __init__(self, agent: Agent, run_id: str, emit: Emit) -> None:
+        self._control = agent.control
+        self._run_id = run_id
+        self._emit = emit
+        self._seq = 0
+        self._pending: list[tuple[int, RunOutputEvent]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    def emit(self, event: RunOutputEvent) -> None:
+        self._seq += 1
+        self._pending.append((self._seq, event))
+        self._emit(event)
+        if self._timer is None and self._flushing is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(EVENT_FLUSH_INTERVAL, self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        self._flushing = asyncio.ensure_future(self._flush_once())
+
+    async def _flush_once(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._control.aappend_events(self._run_id, batch)
+        finally:
+            self._flushing = None
+
+    async def flush(self) -> None:
+        """Append everything emitted so far (called once the run has ended)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing])
+        await self._flush_once()
 
 
 async def _settle(handle: RunHandle, awaitable: Awaitable[T]) -> T:

@@ -22,7 +22,7 @@ import abc
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field
 
 from kern.context import RunHandle
 from kern.ids import new_owner_id
-from kern.run.agent import Metrics
+from kern.run.agent import Metrics, RunOutputEvent
 from kern.run.base import RunStatus
 
 P = ParamSpec("P")
@@ -40,6 +40,12 @@ DEFAULT_TERMINAL_TTL = 24 * 3600.0
 """Seconds a finished run stays readable (status, content) before it expires."""
 
 REASON_WORKER_LOST = "worker_lost"
+
+MAX_EVENTS_PER_RUN = 100_000
+"""A run's event log keeps at most this many events (the oldest go first)."""
+
+SeqEvent = tuple[int, RunOutputEvent]
+"""An event with its sequence number in the run's log (1, 2, 3 ...): the SSE ``id``."""
 
 
 class RunRecord(BaseModel):
@@ -170,6 +176,14 @@ class ControlPlane(abc.ABC):
     ) -> list[RunRecord]:
         """Known runs, newest first."""
 
+    @abc.abstractmethod
+    def append_events(self, run_id: str, events: Sequence[SeqEvent]) -> None:
+        """Add events to the run's log (it expires with the run)."""
+
+    @abc.abstractmethod
+    def read_events(self, run_id: str, after: int = 0, timeout: float = 0.0) -> list[SeqEvent]:
+        """Events with a sequence number above ``after``; waits up to ``timeout`` s for one."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""
 
@@ -219,3 +233,13 @@ class ControlPlane(abc.ABC):
 
     async def aget(self, run_id: str) -> RunRecord | None:
         return await self._call(self.get, run_id)
+
+    async def aappend_events(self, run_id: str, events: Sequence[SeqEvent]) -> None:
+        await self._call(self.append_events, run_id, events)
+
+    async def aread_events(
+        self, run_id: str, after: int = 0, timeout: float = 0.0
+    ) -> list[SeqEvent]:
+        if timeout > 0:  # it may block: never on the caller's loop
+            return await asyncio.to_thread(self.read_events, run_id, after, timeout)
+        return await self._call(self.read_events, run_id, after, 0.0)

@@ -10,8 +10,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
-from kern.control.base import CancelResult, ControlPlane, RunRecord
+from kern.control.base import (
+    MAX_EVENTS_PER_RUN,
+    CancelResult,
+    ControlPlane,
+    RunRecord,
+    SeqEvent,
+)
 from kern.exceptions import RunIdInUse
 from kern.ids import validate_run_id
 from kern.run.agent import Metrics
@@ -31,7 +38,9 @@ class MemoryControlPlane(ControlPlane):
         super().__init__(terminal_ttl=terminal_ttl)
         self.max_terminal = max_terminal
         self._lock = threading.Lock()
+        self._appended = threading.Condition(self._lock)
         self._records: dict[str, RunRecord] = {}
+        self._events: dict[str, deque[SeqEvent]] = {}
         self._expiry: deque[tuple[float, str]] = deque()  # terminal runs, in the order they ended
 
     def __len__(self) -> int:
@@ -129,6 +138,25 @@ class MemoryControlPlane(ControlPlane):
         found.sort(key=lambda r: r.created_at, reverse=True)
         return found[:limit]
 
+    def append_events(self, run_id: str, events: Sequence[SeqEvent]) -> None:
+        with self._appended:
+            log = self._events.get(run_id)
+            if log is None:
+                log = self._events[run_id] = deque(maxlen=MAX_EVENTS_PER_RUN)
+            log.extend(events)
+            self._appended.notify_all()
+
+    def read_events(self, run_id: str, after: int = 0, timeout: float = 0.0) -> list[SeqEvent]:
+        deadline = time.monotonic() + timeout
+        with self._appended:
+            while True:
+                log = self._events.get(run_id, ())
+                found = [item for item in log if item[0] > after]
+                remaining = deadline - time.monotonic()
+                if found or remaining <= 0:
+                    return found
+                self._appended.wait(remaining)
+
     def _prune(self, now: float) -> None:
         expiry = self._expiry
         while expiry and (expiry[0][0] <= now or len(expiry) > self.max_terminal):
@@ -136,3 +164,4 @@ class MemoryControlPlane(ControlPlane):
             record = self._records.get(run_id)
             if record is not None and record.is_terminal:
                 del self._records[run_id]
+                self._events.pop(run_id, None)
