@@ -147,7 +147,7 @@ def _args_model(
 ) -> tuple[str | None, type[BaseModel]]:
     signature = inspect.signature(fn)
     try:
-        hints = get_type_hints(fn)
+        hints = get_type_hints(fn, localns={"RunContext": RunContext})
     except Exception as exc:  # an unresolvable annotation: say which tool
         raise ConfigError(f"cannot read the type hints of tool {name}: {exc}") from exc
     context_param: str | None = None
