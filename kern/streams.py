@@ -48,8 +48,11 @@ class RunStream(Iterator[RunOutputEvent]):
         if self._finished:
             raise StopIteration
         if self._future is None:
-            self._future = runtime.submit(execute_run(self.agent, self.request, self._queue.put))
-            self._future.add_done_callback(lambda _: self._queue.put(_END))
+            # Nothing the run holds may point back at this stream: dropping the
+            # stream is what cancels a run nobody reads any more.
+            events = self._queue
+            self._future = runtime.submit(execute_run(self.agent, self.request, events.put))
+            self._future.add_done_callback(lambda _: events.put(_END))
         item = self._queue.get()
         if isinstance(item, _End):
             self._finished = True
@@ -87,10 +90,11 @@ class AsyncRunStream(AsyncIterator[RunOutputEvent]):
         if self._finished:
             raise StopAsyncIteration
         if self._task is None:
+            events = self._queue  # as in RunStream: no reference back to the stream
             self._task = asyncio.ensure_future(
-                execute_run(self.agent, self.request, self._queue.put_nowait)
+                execute_run(self.agent, self.request, events.put_nowait)
             )
-            self._task.add_done_callback(lambda _: self._queue.put_nowait(_END))
+            self._task.add_done_callback(lambda _: events.put_nowait(_END))
         item = await self._queue.get()
         if isinstance(item, _End):
             self._finished = True

@@ -60,57 +60,59 @@ def _opt(value: T | None) -> T | openai.Omit:
     return omit if value is None else value
 
 
-_Clients = weakref.WeakKeyDictionary[
-    asyncio.AbstractEventLoop, tuple[openai.AsyncOpenAI, AsyncGenerator[None, None]]
-]
+_Entry = tuple[openai.AsyncOpenAI, AsyncGenerator[None, None]]
+_Settings = tuple[str | None, str | None, float | None]
+
+# Every loop's clients, by settings (api key, base URL, timeout), shared by all
+# models with those settings. Kept per loop, not per model: a model that is
+# dropped must not take with it a client whose sockets are still open.
+_SHARED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_Settings, _Entry]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class _LoopClients:
-    """One `AsyncOpenAI` per event loop, closed on that loop when either goes.
+    """One `AsyncOpenAI` per event loop and settings, closed on that loop when it shuts down.
 
     An httpx client belongs to the loop it first ran on, so a model used from
     several loops (kern's background loop, the user's own, one per test) needs
     one client each; within a loop it is reused, which keeps connections alive
     between requests. Closing must happen on the client's own loop, so each
     client is paired with a parked async generator that closes it in its
-    ``finally``. The loop runs that when it shuts down (``asyncio.run`` and
-    ``asyncio.Runner`` call ``loop.shutdown_asyncgens``), or soon after the
-    model is dropped (the loop's async-generator finalizer). Nothing in the
-    pair points back at the model, so dropping it frees them at once.
+    ``finally``: the loop runs that when it shuts down (``asyncio.run`` and
+    ``asyncio.Runner`` call ``loop.shutdown_asyncgens``). kern's own background
+    loop lives as long as the process, and so do its clients.
     """
 
-    def __init__(self, factory: Callable[[], openai.AsyncOpenAI]) -> None:
+    def __init__(self, settings: _Settings, factory: Callable[[], openai.AsyncOpenAI]) -> None:
+        self._settings = settings
         self._factory = factory
-        self._clients: _Clients = weakref.WeakKeyDictionary()
 
     async def get(self) -> openai.AsyncOpenAI:
         loop = asyncio.get_running_loop()
-        entry = self._clients.get(loop)
+        clients = _SHARED.setdefault(loop, {})
+        entry = clients.get(self._settings)
         if entry is not None:
             return entry[0]
         client = self._factory()
-        keeper = _close_when_done(client, loop, weakref.ref(self._clients))
-        self._clients[loop] = (client, keeper)
+        keeper = _close_when_done(client, loop, self._settings)
+        clients[self._settings] = (client, keeper)
         await keeper.asend(None)  # first step: from now on the loop tracks the generator
         return client
 
     async def aclose(self) -> None:
-        entry = self._clients.get(asyncio.get_running_loop())
+        entry = _SHARED.get(asyncio.get_running_loop(), {}).get(self._settings)
         if entry is not None:
             await entry[1].aclose()
 
 
 async def _close_when_done(
-    client: openai.AsyncOpenAI,
-    loop: asyncio.AbstractEventLoop,
-    clients: weakref.ref[_Clients],
+    client: openai.AsyncOpenAI, loop: asyncio.AbstractEventLoop, settings: _Settings
 ) -> AsyncGenerator[None, None]:
     try:
         yield
     finally:
-        owner = clients()  # weak: a strong one would keep the model's clients alive
-        if owner is not None:
-            owner.pop(loop, None)
+        _SHARED.get(loop, {}).pop(settings, None)
         await client.close()
 
 
@@ -133,6 +135,7 @@ class _OpenAIModel(Model):
         self.max_tokens = max_tokens
         self._client = client
         self._clients = _LoopClients(
+            (api_key, base_url, timeout),
             functools.partial(
                 openai.AsyncOpenAI,
                 api_key=api_key,
