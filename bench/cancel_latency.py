@@ -17,27 +17,23 @@ import threading
 import time
 from contextlib import ExitStack
 
-from _common import summary_ms
+from _common import server_process, summary_ms
 
 from kern.agent import Agent
 from kern.control.memory import MemoryControlPlane
 from kern.models.base import Model
 from kern.models.offline import OfflineModel
+from kern.models.openai import OpenAIChat, OpenAIResponses
 from kern.run.agent import RunEvent
-from kern.testing import LocalOpenAIServer, ServerScript
 
 
 def make_model(kind: str, stall: float, stack: ExitStack) -> Model:
     chunk_delay = 0.002
     if kind == "offline":
         return OfflineModel(chunk_delay=chunk_delay, first_token_delay=stall)
-    server = stack.enter_context(
-        LocalOpenAIServer(ServerScript(chunk_delay=chunk_delay, first_token_delay=stall))
-    )
-    from kern.models.openai import OpenAIChat, OpenAIResponses
-
+    base_url = stack.enter_context(server_process(chunk_delay, stall))
     cls = OpenAIResponses if kind == "responses" else OpenAIChat
-    return cls(base_url=server.base_url, api_key="bench")
+    return cls(base_url=base_url, api_key="bench")
 
 
 def measure(agent: Agent, runs: int, concurrency: int, stalled: bool) -> list[float]:
@@ -98,8 +94,10 @@ def main() -> None:
         agent = Agent(name="bench", model=model, control=MemoryControlPlane())
         measure(agent, min(20, args.runs), args.concurrency, stalled)  # warm-up
         latencies = measure(agent, args.runs, args.concurrency, stalled)
-    print(f"cancel latency, model={args.model} mode={args.mode} "
-          f"concurrency={args.concurrency}: {summary_ms(latencies)}")
+    print(
+        f"cancel latency, model={args.model} mode={args.mode} "
+        f"concurrency={args.concurrency}: {summary_ms(latencies)}"
+    )
 
 
 if __name__ == "__main__":

@@ -63,6 +63,13 @@ class Agent:
             self._control = default_control_plane()
         return self._control
 
+    def attach(self, control: ControlPlane) -> Agent:
+        """Use ``control`` for this agent's runs (a server or worker hosting it)."""
+        if self._control is not None and self._control is not control:
+            raise ConfigError(f"agent {self.id!r} already uses another control plane")
+        self._control = control
+        return self
+
     def tool(self, name: str) -> Tool | None:
         return self._tools_by_name.get(name)
 

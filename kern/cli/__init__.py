@@ -6,7 +6,9 @@ import sys
 
 import typer
 
+from kern.cli.client import run
 from kern.cli.demo import demo
+from kern.cli.serve import serve
 
 app = typer.Typer(
     name="kern",
@@ -16,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(demo)
+import kern.cli.runs  # noqa: E402, F401, I001 - registers cancel, status and runs
+app.command()(serve)
+app.command()(run)
 
 
 @app.callback()
