@@ -76,13 +76,16 @@ def main() -> None:
     check = flag_check_seconds()
     raw, kern = statistics.median(raw_rates), statistics.median(kern_rates)
     print(
-        f"chunks per stream: {args.words}, repeats: {args.repeat}, threads: {threading.active_count()}"
+        f"chunks per stream: {args.words}, repeats: {args.repeat}, "
+        f"threads: {threading.active_count()}"
     )
     print(
-        f"raw SDK:  median {raw:,.0f} chunks/s (min {min(raw_rates):,.0f}, max {max(raw_rates):,.0f})"
+        f"raw SDK:  median {raw:,.0f} chunks/s "
+        f"(min {min(raw_rates):,.0f}, max {max(raw_rates):,.0f})"
     )
     print(
-        f"kern run: median {kern:,.0f} chunks/s (min {min(kern_rates):,.0f}, max {max(kern_rates):,.0f})"
+        f"kern run: median {kern:,.0f} chunks/s "
+        f"(min {min(kern_rates):,.0f}, max {max(kern_rates):,.0f})"
         f" = {kern / raw:.1%} of raw"
     )
     per_chunk = 1 / kern

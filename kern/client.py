@@ -19,7 +19,7 @@ from kern import runtime
 from kern.control import keys
 from kern.control.base import RunRecord
 from kern.exceptions import UnknownAgent
-from kern.follow import follow
+from kern.follow import follow_log
 from kern.ids import new_run_id, validate_run_id
 from kern.queue import RunQueue
 from kern.run.agent import RunOutputEvent
@@ -69,25 +69,27 @@ class RunClient:
         return record.run_id
 
     async def asubmit(self, agent_id: str, message: str, **kwargs: str | None) -> str:
-        return await asyncio.to_thread(self.submit, agent_id, message, **kwargs)  # type: ignore[arg-type]
+        return await asyncio.to_thread(self.submit, agent_id, message, **kwargs)
 
     def aevents(self, run_id: str, after: int = 0) -> AsyncIterator[RunOutputEvent]:
         """Replay then follow the run's events (after sequence number ``after``)."""
 
         async def only_events() -> AsyncIterator[RunOutputEvent]:
-            async for _, event in follow(self.control, run_id, after):
-                yield event
+            async for batch in follow_log(self.control, run_id, after):
+                for _, event in batch:
+                    yield event
 
         return only_events()
 
     def events(self, run_id: str, after: int = 0) -> Iterator[RunOutputEvent]:
         """The sync twin of `aevents`."""
         stream = self.aevents(run_id, after)
-        while True:
-            try:
-                yield runtime.call(anext(stream))  # type: ignore[arg-type]
-            except StopAsyncIteration:
-                return
+
+        async def step() -> RunOutputEvent | None:
+            return await anext(stream, None)
+
+        while (event := runtime.call(step())) is not None:
+            yield event
 
     def status(self, run_id: str) -> RunRecord | None:
         return self.control.get(run_id)

@@ -10,7 +10,13 @@ from typing import TextIO
 from kern.agent import Agent
 from kern.models.base import Model
 from kern.models.offline import OfflineModel
-from kern.run.agent import RunEvent
+from kern.run.agent import (
+    RunCancelledEvent,
+    RunCompletedEvent,
+    RunContentEvent,
+    RunErrorEvent,
+    RunStartedEvent,
+)
 from kern.run.base import RunStatus
 
 PROMPT = (
@@ -57,13 +63,13 @@ def run_demo(cancel_after: float, out: TextIO, model: Model | None = None) -> De
     canceller.start()
     for event in agent.run(PROMPT, stream=True):
         result.events.append(event.event.value)
-        if event.event == RunEvent.run_started:
+        if isinstance(event, RunStartedEvent):
             result.run_id = event.run_id
             started.set()
-        elif event.event == RunEvent.run_content:
+        elif isinstance(event, RunContentEvent):
             out.write(event.content)
             out.flush()
-        elif event.is_terminal:
+        elif isinstance(event, RunCompletedEvent | RunCancelledEvent | RunErrorEvent):
             result.status = event.status
             result.content = event.content
     started.set()

@@ -76,17 +76,19 @@ class RunQueue:
     def read(self, agent_ids: list[str], consumer: str, count: int, block_ms: int) -> list[Entry]:
         """New entries for ``agent_ids``, at most ``count``, waiting up to ``block_ms``."""
         self.ensure_groups(agent_ids)
-        streams = {self.stream(a): ">" for a in agent_ids}
+        streams: dict[Any, Any] = {self.stream(a): ">" for a in agent_ids}
         reply: Any = self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
         return self._entries(agent_ids, reply)
 
-    def claim(self, agent_ids: list[str], consumer: str, count: int = 100) -> list[Entry]:
-        """Entries other workers read long ago and never acknowledged."""
+    def claim(
+        self, agent_ids: list[str], consumer: str, idle_ms: int = CLAIM_IDLE_MS, count: int = 100
+    ) -> list[Entry]:
+        """Entries other workers read over ``idle_ms`` ago and never acknowledged."""
         self.ensure_groups(agent_ids)
         found: list[Entry] = []
         for agent_id in agent_ids:
             reply: Any = self.redis.xautoclaim(
-                self.stream(agent_id), GROUP, consumer, CLAIM_IDLE_MS, "0-0", count=count
+                self.stream(agent_id), GROUP, consumer, idle_ms, "0-0", count=count
             )
             for entry_id, fields in reply[1]:
                 if fields:

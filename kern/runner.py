@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,8 +48,7 @@ Emit = Callable[[RunOutputEvent], None]
 
 REASON_CALLER_CANCELLED = "caller_cancelled"
 
-EVENT_FLUSH_INTERVAL = 0.02
-"""Seconds a recorded run's events wait to be appended to its log in one batch."""
+log = logging.getLogger("kern.runner")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,49 +166,25 @@ async def execute_run(
 
 
 class _Recorder:
-    """Numbers a run's events and appends them to its log, a batch at a time.
-
-    Batching keeps the control plane's traffic per run independent of how many
-    chunks the model sends.
-    """
+    """Numbers a run's events and records them in its log (batched by the control plane)."""
 
     def __init__(self, agent: Agent, run_id: str, emit: Emit) -> None:
         self._control = agent.control
         self._run_id = run_id
         self._emit = emit
         self._seq = 0
-        self._pending: list[tuple[int, RunOutputEvent]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._flushing: asyncio.Task[None] | None = None
 
     def emit(self, event: RunOutputEvent) -> None:
         self._seq += 1
-        self._pending.append((self._seq, event))
+        self._control.record_event(self._run_id, (self._seq, event))
         self._emit(event)
-        if self._timer is None and self._flushing is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(EVENT_FLUSH_INTERVAL, self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._timer = None
-        self._flushing = asyncio.ensure_future(self._flush_once())
-
-    async def _flush_once(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._control.aappend_events(self._run_id, batch)
-        finally:
-            self._flushing = None
 
     async def flush(self) -> None:
-        """Append everything emitted so far (called once the run has ended)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._flushing is not None:
-            await asyncio.wait([self._flushing])
-        await self._flush_once()
+        """Wait until the log holds every event (called once the run has ended)."""
+        try:
+            await self._control.flush_events()
+        except Exception as exc:  # the record keeps the content; followers end from it
+            log.warning("run %s: events not all logged: %s", self._run_id, exc)
 
 
 async def _settle(handle: RunHandle, awaitable: Awaitable[T]) -> T:

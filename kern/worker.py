@@ -17,12 +17,13 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from kern.agent import Agent
 from kern.control import default_control_plane, keys
 from kern.control.base import ControlPlane
 from kern.exceptions import ConfigError
-from kern.queue import Entry, RunQueue
+from kern.queue import CLAIM_IDLE_MS, Entry, RunQueue
 from kern.run.base import RunStatus
 from kern.runner import RunRequest, execute_run
 
@@ -44,6 +45,7 @@ class Worker:
         control: ControlPlane | None = None,
         concurrency: int = 256,
         shutdown_grace: float = 30.0,
+        claim_after: float = CLAIM_IDLE_MS / 1000,
     ) -> None:
         from kern.control.redis import RedisControlPlane
 
@@ -59,6 +61,7 @@ class Worker:
         self.queue = RunQueue(plane)
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
+        self.claim_idle_ms = int(claim_after * 1000)
         self.consumer = plane.owner_id
         self._tasks: dict[asyncio.Task[None], Entry] = {}
         self._stopping = asyncio.Event()
@@ -99,7 +102,7 @@ class Worker:
         await self._shutdown()
 
     def _announce(self) -> None:
-        served = {
+        served: dict[Any, Any] = {
             agent_id: json.dumps({"name": agent.name, "model": agent.model.id, "at": time.time()})
             for agent_id, agent in self.agents.items()
         }
@@ -107,7 +110,7 @@ class Worker:
         self.queue.ensure_groups(list(self.agents))
 
     def _claim(self) -> list[Entry]:
-        return self.queue.claim(list(self.agents), self.consumer)
+        return self.queue.claim(list(self.agents), self.consumer, self.claim_idle_ms)
 
     def _spawn(self, entry: Entry) -> None:
         task = asyncio.ensure_future(self._execute(entry))
@@ -143,7 +146,10 @@ class Worker:
 
     async def _shutdown(self) -> None:
         if self._tasks:
-            log.info("shutting down: %d runs in flight, grace %.1fs", len(self._tasks), self.shutdown_grace)
+            log.info(
+                "shutting down: %d runs in flight, grace %.1fs",
+                len(self._tasks), self.shutdown_grace,
+            )
             await asyncio.wait(list(self._tasks), timeout=self.shutdown_grace)
         for entry in list(self._tasks.values()):
             await self.control.acancel(entry.run_id, reason=REASON_SHUTDOWN)

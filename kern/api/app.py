@@ -114,7 +114,9 @@ def _build_state(
         by_id[agent.id] = agent
     plane = shared_control(agents, control)
     hub = FeedHub()
-    dispatcher = make_dispatcher(settings.dispatch, hub, shutdown_grace=settings.shutdown_grace)
+    dispatcher = make_dispatcher(
+        settings.dispatch, hub, plane, shutdown_grace=settings.shutdown_grace
+    )
     events = EventSource(
         plane, hub, idle=settings.keepalive, poll=settings.follow_poll,
         end_grace=settings.end_grace,

@@ -6,10 +6,8 @@ fails before any answer is sent) and arrange for it to execute.
 - `InlineDispatcher` executes runs inside the API process, as asyncio tasks,
   with their events recorded in the control plane's log (any process can
   follow or replay them) and published to a local `RunFeed` (fast fan-out).
-- ``queue`` (runs handed to ``kern worker`` processes through the Redis run
-  queue) is not written yet: `make_dispatcher` refuses it with a clear error.
-  It only needs `submit` to enqueue: the routes follow runs through the
-  control plane's event log when no local feed has them.
+- `QueueDispatcher` hands runs to ``kern worker`` processes through the Redis
+  run queue; the routes follow them through the control plane's event log.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kern.api.feeds import FeedHub, RunFeed
 from kern.api.settings import DispatchKind
-from kern.control.base import RunRecord
+from kern.control.base import ControlPlane, RunRecord
 from kern.exceptions import ConfigError
 from kern.runner import RunRequest, execute_run
 
@@ -107,14 +105,41 @@ class InlineDispatcher:
             await asyncio.wait(late)
 
 
-def make_dispatcher(kind: DispatchKind, hub: FeedHub, *, shutdown_grace: float) -> Dispatcher:
-    """The dispatcher for ``kind``; `ConfigError` for one that does not exist yet."""
+class QueueDispatcher:
+    """Enqueues runs for `kern worker` processes (needs the Redis control plane)."""
+
+    kind: DispatchKind = "queue"
+
+    def __init__(self, control: ControlPlane) -> None:
+        from kern.control.redis import RedisControlPlane
+        from kern.queue import RunQueue
+
+        if not isinstance(control, RedisControlPlane):
+            raise ConfigError(
+                "--dispatch queue hands runs to `kern worker`s through Redis: set KERN_REDIS_URL"
+            )
+        self.queue = RunQueue(control)
+
+    async def submit(self, agent: Agent, request: RunRequest) -> None:
+        record = RunRecord(
+            run_id=request.run_id,
+            agent_id=agent.id,
+            session_id=request.session_id,
+            user_id=request.user_id,
+            input=request.input,
+        )
+        await asyncio.to_thread(self.queue.submit, record)
+
+    async def aclose(self) -> None:
+        """Queued and running runs belong to the workers: nothing to stop here."""
+
+
+def make_dispatcher(
+    kind: DispatchKind, hub: FeedHub, control: ControlPlane, *, shutdown_grace: float
+) -> Dispatcher:
+    """The dispatcher for ``kind``."""
     if kind == "inline":
         return InlineDispatcher(hub, shutdown_grace=shutdown_grace)
     if kind == "queue":
-        raise ConfigError(
-            "--dispatch queue (runs handed to `kern worker`s through the Redis run queue) is "
-            "not implemented in the API yet; use --dispatch inline (runs execute in the API "
-            "processes)"
-        )
+        return QueueDispatcher(control)
     raise ConfigError(f"unknown dispatch {kind!r}: use 'inline' or 'queue'")

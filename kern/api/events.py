@@ -18,17 +18,8 @@ from collections.abc import AsyncGenerator
 
 from kern.api.feeds import FeedHub, RunFeed
 from kern.control.base import ControlPlane, RunRecord, SeqEvent
-from kern.exceptions import ControlPlaneUnavailable
-from kern.run.agent import (
-    RunCancelledEvent,
-    RunCompletedEvent,
-    RunContentEvent,
-    RunErrorEvent,
-    RunOutputEvent,
-    RunStartedEvent,
-    TerminalEvent,
-)
-from kern.run.base import RunStatus
+from kern.follow import follow_log
+from kern.run.agent import RunContentEvent
 
 
 class EventSource:
@@ -106,72 +97,7 @@ class EventSource:
             elif not await feed.wait(after, self.idle):
                 yield []
 
-    async def _follow_log(self, run_id: str, after: int) -> AsyncGenerator[list[SeqEvent], None]:
-        last_sent = time.monotonic()
-        stopped_since: float | None = None
-        while True:
-            try:
-                batch = await self.control.aread_events(run_id, after)
-                if batch:
-                    stopped_since = None
-                    last_sent = time.monotonic()
-                    yield batch
-                    after = batch[-1][0]
-                    if batch[-1][1].is_terminal:
-                        return
-                    continue
-                record = await self.control.aget(run_id)
-                if record is None:
-                    return  # expired meanwhile: nothing more will come
-                if record.is_terminal and record.stopped:
-                    stopped_since = stopped_since or time.monotonic()
-                    end = await self._end_from_record(record, after, stopped_since)
-                    if end is not None:
-                        if end:
-                            yield end
-                        return
-            except ControlPlaneUnavailable:
-                pass  # keep the stream open; the next poll tries again
-            if time.monotonic() - last_sent >= self.idle:
-                last_sent = time.monotonic()
-                yield []
-            await asyncio.sleep(self.poll)
-
-    async def _end_from_record(
-        self, record: RunRecord, after: int, stopped_since: float
-    ) -> list[SeqEvent] | None:
-        """How a stopped run's stream ends: [] if the reader has it all, the missing end,
-        or None to wait a little longer."""
-        log = await self.control.aread_events(record.run_id, 0)
-        last_seq = log[-1][0] if log else 0
-        if (log and log[-1][1].is_terminal) or after > last_seq:
-            return []  # the reader is at (or past) the end already
-        if time.monotonic() - stopped_since < self.end_grace:
-            return None  # the owner may still be appending its last events
-        end: list[RunOutputEvent] = []
-        if last_seq == 0 and after == 0:  # it never started: every stream opens with RunStarted
-            end.append(
-                RunStartedEvent(
-                    run_id=record.run_id, agent_id=record.agent_id, session_id=record.session_id
-                )
-            )
-        end.append(terminal_from_record(record))
-        return [(last_seq + n, event) for n, event in enumerate(end, start=1)]
-
-
-def terminal_from_record(record: RunRecord) -> TerminalEvent:
-    """The terminal event that matches a stopped run's stored record."""
-    common: dict[str, object] = {
-        "run_id": record.run_id,
-        "agent_id": record.agent_id,
-        "session_id": record.session_id,
-        "content": record.content,
-        "created_at": record.ended_at or time.time(),
-    }
-    if record.metrics is not None:
-        common["metrics"] = record.metrics
-    if record.status == RunStatus.completed:
-        return RunCompletedEvent.model_validate(common)
-    if record.status == RunStatus.cancelled:
-        return RunCancelledEvent.model_validate({**common, "reason": record.cancel_reason})
-    return RunErrorEvent.model_validate({**common, "error": record.error or "run failed"})
+    def _follow_log(self, run_id: str, after: int) -> AsyncGenerator[list[SeqEvent], None]:
+        return follow_log(
+            self.control, run_id, after, poll=self.poll, idle=self.idle, end_grace=self.end_grace
+        )

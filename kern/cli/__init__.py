@@ -9,6 +9,7 @@ import typer
 from kern.cli.client import run
 from kern.cli.demo import demo
 from kern.cli.serve import serve
+from kern.cli.worker import worker
 
 app = typer.Typer(
     name="kern",
@@ -21,6 +22,7 @@ app.command()(demo)
 import kern.cli.runs  # noqa: E402, F401, I001 - registers cancel, status and runs
 app.command()(serve)
 app.command()(run)
+app.command()(worker)
 
 
 @app.callback()

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +32,9 @@ from kern.context import RunHandle
 from kern.ids import new_owner_id
 from kern.run.agent import Metrics, RunOutputEvent
 from kern.run.base import RunStatus
+
+if TYPE_CHECKING:
+    from kern.control.batching import EventBatcher
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -132,6 +135,8 @@ class ControlPlane(abc.ABC):
         self.terminal_ttl = terminal_ttl
         self.owner_id = new_owner_id()
         self.local = LocalRuns()
+        self._batcher_lock = threading.Lock()
+        self._batcher: EventBatcher | None = None
 
     # -- the one implementation (sync) ------------------------------------------------
 
@@ -180,12 +185,36 @@ class ControlPlane(abc.ABC):
     def append_events(self, run_id: str, events: Sequence[SeqEvent]) -> None:
         """Add events to the run's log (it expires with the run)."""
 
+    def append_events_many(self, batch: dict[str, list[SeqEvent]]) -> None:
+        """Append several runs' events at once (backends with I/O send one round trip)."""
+        for run_id, events in batch.items():
+            self.append_events(run_id, events)
+
+    def record_event(self, run_id: str, item: SeqEvent) -> None:
+        """Add one event to the run's log soon, without waiting (see `flush_events`)."""
+        if not self.blocking_io:
+            self.append_events(run_id, [item])
+            return
+        with self._batcher_lock:
+            if self._batcher is None:
+                from kern.control.batching import EventBatcher
+
+                self._batcher = EventBatcher(self.append_events_many)
+        self._batcher.add(run_id, item)
+
+    async def flush_events(self) -> None:
+        """Wait until every event recorded so far is in the log."""
+        if self._batcher is not None:
+            await self._batcher.flush()
+
     @abc.abstractmethod
     def read_events(self, run_id: str, after: int = 0, timeout: float = 0.0) -> list[SeqEvent]:
         """Events with a sequence number above ``after``; waits up to ``timeout`` s for one."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections and threads."""
+    def close(self) -> None:
+        """Release connections and threads (subclasses call this last)."""
+        if self._batcher is not None:
+            self._batcher.close()
 
     def wait_stopped(self, run_id: str, timeout: float, poll: float = 0.01) -> RunRecord | None:
         """Poll until the owner has stopped the run (or ``timeout`` passes)."""
@@ -238,7 +267,10 @@ class ControlPlane(abc.ABC):
         await self._call(self.append_events, run_id, events)
 
     async def aread_events(
-        self, run_id: str, after: int = 0, timeout: float = 0.0
+        self,
+        run_id: str,
+        after: int = 0,
+        timeout: float = 0.0,  # noqa: ASYNC109 - the twin of read_events(timeout=)
     ) -> list[SeqEvent]:
         if timeout > 0:  # it may block: never on the caller's loop
             return await asyncio.to_thread(self.read_events, run_id, after, timeout)

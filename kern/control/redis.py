@@ -258,20 +258,24 @@ class RedisControlPlane(ControlPlane):
         return found[:limit]
 
     def append_events(self, run_id: str, events: Sequence[SeqEvent]) -> None:
-        if not events:
-            return
-        keys = self._run_keys(run_id)
+        self.append_events_many({run_id: list(events)})
+
+    def append_events_many(self, batch: dict[str, list[SeqEvent]]) -> None:
+        """Every run's events in one pipeline: one round trip, one script call per run."""
         head: list[str] = [str(K.MAX_EVENTS), ms(self.terminal_ttl)]
 
         def build(pipe: Pipeline) -> None:
-            for start in range(0, len(events), _APPEND_BATCH):
-                args = list(head)
-                for seq, event in events[start : start + _APPEND_BATCH]:
-                    args += [f"{seq}-0", event.to_json()]
-                self.scripts.append(pipe, keys, args)
+            for run_id, events in batch.items():
+                keys = self._run_keys(run_id)
+                for start in range(0, len(events), _APPEND_BATCH):
+                    args = list(head)
+                    for seq, event in events[start : start + _APPEND_BATCH]:
+                        args += [f"{seq}-0", event.to_json()]
+                    self.scripts.append(pipe, keys, args)
 
-        with self._guard("append run events"):
-            self._execute(build)
+        if any(batch.values()):
+            with self._guard("append run events"):
+                self._execute(build)
 
     def read_events(self, run_id: str, after: int = 0, timeout: float = 0.0) -> list[SeqEvent]:
         key = self.keys.events(run_id)
@@ -318,6 +322,7 @@ class RedisControlPlane(ControlPlane):
         if self._closed:
             return
         self._closed = True
+        super().close()  # the events still batched go out first
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.stop()

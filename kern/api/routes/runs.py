@@ -13,13 +13,13 @@ from kern.agent import Agent
 from kern.api import sse
 from kern.api.body import OPENAPI_BODY, read_run_create
 from kern.api.errors import RunConflict
-from kern.api.events import terminal_from_record
 from kern.api.routes import error_responses
 from kern.api.schemas import RunAccepted, RunView
 from kern.api.settings import MAX_CANCEL_WAIT
 from kern.api.state import ApiState, get_state
 from kern.control.base import RunRecord
 from kern.exceptions import RuntimeFailure
+from kern.follow import terminal_from_record
 from kern.ids import validate_run_id
 from kern.run.agent import (
     RunCancelledEvent,
