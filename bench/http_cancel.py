@@ -122,9 +122,7 @@ async def burst(url: str, count: int) -> list[float]:
         connections = [await RawConnection.open(url) for _ in streams]
         sent = time.perf_counter()
         paths = [f"/agents/stream/runs/{s.run_id}/cancel" for s in streams]
-        codes = await asyncio.gather(
-            *(c.post(p) for c, p in zip(connections, paths, strict=True))
-        )
+        codes = await asyncio.gather(*(c.post(p) for c, p in zip(connections, paths, strict=True)))
         assert set(codes) == {200}, codes
         await asyncio.gather(*(s.ended.wait() for s in streams))
         await asyncio.gather(*tasks)

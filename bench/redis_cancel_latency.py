@@ -41,9 +41,7 @@ SCENARIOS = [
 def measure(url: str, in_flight: int, samples: int, args: list[str]) -> list[float]:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     total = in_flight + samples
-    worker = Worker.spawn(
-        url, prefix, "--runs", str(total), "--concurrency", str(in_flight), *args
-    )
+    worker = Worker.spawn(url, prefix, "--runs", str(total), "--concurrency", str(in_flight), *args)
     plane = RedisControlPlane.from_url(url, prefix=prefix)
     latencies: list[float] = []
     try:

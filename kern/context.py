@@ -50,6 +50,16 @@ class RunHandle:
             self._own_cancels += 1
             self.task.cancel(f"kern: run {self.run_id} {self.reason}")
 
+    def hold_interrupts(self) -> bool:
+        """Stop further task cancels; True if one already landed and is pending.
+
+        Called on the run's loop when the run has seen the flag and is about to
+        unwind by itself: a task cancel thrown into that unwinding (while model
+        streams are being closed) would cut their cleanup short.
+        """
+        self.closing = True
+        return self._own_cancels > 0
+
     def consume_own_cancel(self) -> bool:
         """True if a CancelledError came from `interrupt`, not from outside."""
         if self._own_cancels and self.task is not None:

@@ -213,6 +213,10 @@ async def _drive(
         ) as deltas:
             async for delta in deltas:
                 if handle.cancel_requested:  # the hot path: a local flag, no I/O
+                    if handle.hold_interrupts():
+                        # Take the pending task cancel here, where every stream is
+                        # parked at a yield, not in the middle of closing them.
+                        await asyncio.sleep(0)
                     raise RunCancelled(request.run_id)
                 if isinstance(delta, TextDelta):
                     if not delta.text:

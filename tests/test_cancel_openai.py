@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -178,7 +179,8 @@ def test_non_streaming_run_cancelled_while_waiting(server: LocalOpenAIServer, ag
     result: list[object] = []
     runner = threading.Thread(target=lambda: result.append(agent.run("hi", run_id="quiet")))
     runner.start()
-    assert server.wait_for(lambda s: s.active_streams == 1 or s.requests == 1, timeout=GENEROUS)
+    assert server.wait_for(lambda s: s.requests == 1, timeout=GENEROUS)
+    time.sleep(0.2)  # the server is in its 30 s stall now
     assert agent.cancel_run("quiet")
     runner.join(GENEROUS)
     output = result[0]
@@ -262,3 +264,28 @@ def test_two_hundred_concurrent_sdk_runs_cancelled_from_threads(server: LocalOpe
     assert all(e.status == RunStatus.cancelled and e.content for e in finals.values())
     assert server.wait_for(lambda s: s.disconnects == 200, timeout=30), server.disconnects
     assert len(agent.control.local) == 0
+    collect_abandoned_sdk_streams()
+
+
+def collect_abandoned_sdk_streams() -> None:
+    """Finalize now the SDK's stream generators that hundreds of cancels left behind.
+
+    Some of httpx2's response-stream generators are garbage with their cleanup
+    cut short, and say so when collected ("async generator already executing").
+    Their sockets are closed (the server counted every disconnect); collected
+    here, that complaint cannot surface in whichever test the collector next
+    runs in. Anything else raised while collecting still fails the test.
+    """
+    seen: list[sys.UnraisableHookArgs] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    unexpected = [
+        u
+        for u in seen
+        if not (isinstance(u.exc_value, ValueError) and "already executing" in str(u.exc_value))
+    ]
+    assert not unexpected, [str(u.exc_value) for u in unexpected]
