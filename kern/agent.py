@@ -13,7 +13,6 @@ from kern.exceptions import ConfigError
 from kern.ids import new_run_id, slugify, validate_run_id
 from kern.models.base import Message, Model
 from kern.run.agent import RunOutput, RunOutputEvent, TerminalEvent, ToolExecution
-from kern.run.agent import ToolCallCompletedEvent as _ToolDone
 from kern.runner import RunRequest, execute_run
 from kern.streams import AsyncRunStream, RunStream
 from kern.tools import Tool, ToolFunction, as_tools
@@ -181,19 +180,7 @@ class Agent:
     async def _collect(self, request: RunRequest) -> RunOutput:
         events: list[RunOutputEvent] = []
         final: TerminalEvent = await execute_run(self, request, events.append)
-        return RunOutput(
-            run_id=request.run_id,
-            agent_id=self.id,
-            session_id=request.session_id,
-            user_id=request.user_id,
-            status=final.status,
-            content=final.content,
-            model=self.model.id,
-            tools=[e.tool for e in events if isinstance(e, _ToolDone)],
-            metrics=final.metrics,
-            error=getattr(final, "error", None),
-            cancel_reason=getattr(final, "reason", None),
-        )
+        return RunOutput.from_events(events, final, user_id=request.user_id, model=self.model.id)
 
     # -- cancelling ------------------------------------------------------------------
 

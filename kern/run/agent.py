@@ -160,3 +160,27 @@ class RunOutput(BaseModel):
     @property
     def is_cancelled(self) -> bool:
         return self.status == RunStatus.cancelled
+
+    @classmethod
+    def from_events(
+        cls,
+        events: list[RunOutputEvent],
+        final: TerminalEvent,
+        *,
+        user_id: str | None = None,
+        model: str | None = None,
+    ) -> RunOutput:
+        """The output of a run whose events were ``events``, ending with ``final``."""
+        return cls(
+            run_id=final.run_id,
+            agent_id=final.agent_id,
+            session_id=final.session_id,
+            user_id=user_id,
+            status=final.status,
+            content=final.content,
+            model=model,
+            tools=[e.tool for e in events if isinstance(e, ToolCallCompletedEvent)],
+            metrics=final.metrics,
+            error=final.error if isinstance(final, RunErrorEvent) else None,
+            cancel_reason=final.reason if isinstance(final, RunCancelledEvent) else None,
+        )

@@ -28,7 +28,6 @@ from kern.run.agent import (
     RunOutput,
     RunOutputEvent,
     TerminalEvent,
-    ToolCallCompletedEvent,
 )
 from kern.run.base import RunStatus
 from kern.runner import RunRequest
@@ -211,19 +210,7 @@ async def _output(
         if record is None:
             raise RuntimeFailure(f"run {run.run_id} vanished before it ended")
         final = terminal_from_record(record)
-    return RunOutput(
-        run_id=run.run_id,
-        agent_id=agent.id,
-        session_id=run.session_id,
-        user_id=run.user_id,
-        status=final.status,
-        content=final.content,
-        model=agent.model.id,
-        tools=[e.tool for e in events if isinstance(e, ToolCallCompletedEvent)],
-        metrics=final.metrics,
-        error=getattr(final, "error", None),
-        cancel_reason=getattr(final, "reason", None),
-    )
+    return RunOutput.from_events(events, final, user_id=run.user_id, model=agent.model.id)
 
 
 async def _collect(state: ApiState, run_id: str) -> list[RunOutputEvent]:
