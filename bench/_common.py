@@ -7,6 +7,7 @@ import re
 import statistics
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 
 
@@ -53,6 +54,8 @@ def server_process(chunk_delay: float = 0.0, first_token_delay: float = 0.0) -> 
         match = re.search(r"OPENAI_BASE_URL=(\S+)", line)
         if match is None:
             raise RuntimeError(f"the server did not start: {line!r}")
+        # Keep reading its output (the access log): a full pipe would stall the server.
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
         yield match.group(1)
     finally:
         proc.terminate()
