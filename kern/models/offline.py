@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,12 +96,24 @@ class OfflineModel(Model):
             text = text.replace("{tool_output}", tool_results[-1].content)
         if self.first_token_delay:
             await asyncio.sleep(self.first_token_delay)
-        words = text.split(" ")
-        for start in range(0, len(words), self.chunk_size):
-            piece = " ".join(words[start : start + self.chunk_size])
-            if start:
-                piece = " " + piece
-            if start and self.chunk_delay:
+        for n, piece in enumerate(_pieces(text, self.chunk_size)):
+            if n and self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
             yield TextDelta(piece)
-        yield Usage(input_tokens, len(words))
+        yield Usage(input_tokens, text.count(" ") + 1)
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """``text`` in pieces of ``size`` words, each after the first led by its space.
+
+    Lazy: a run streaming a long text holds one piece at a time, not a list of
+    every word (which, over thousands of concurrent runs, is most of a worker's memory).
+    """
+    start = pos = words = 0
+    while (space := text.find(" ", pos)) != -1:
+        words += 1
+        pos = space + 1
+        if words == size:
+            yield text[start:space]
+            start, words = space, 0
+    yield text[start:]
