@@ -45,8 +45,8 @@ class Agent:
         self.id = id or slugify(name)
         self.model = model
         self.description = description
-        self.instructions = [instructions] if isinstance(instructions, str) else list(
-            instructions or ()
+        self.instructions = (
+            [instructions] if isinstance(instructions, str) else list(instructions or ())
         )
         self.tools = as_tools(tools)
         self._tools_by_name = {tool.name: tool for tool in self.tools}

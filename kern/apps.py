@@ -56,9 +56,7 @@ def _import(module_name: str) -> object:
             raise ConfigError(f"cannot import module {module_name!r}: not found") from None
         raise ConfigError(f"importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:  # the user's module raised while importing
-        raise ConfigError(
-            f"importing {module_name!r} failed: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise ConfigError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _as_agents(spec: str, target: object) -> list[Agent]:

@@ -1,15 +1,15 @@
 """Every error kern raises, under one root.
 
-    KernError
-    ├── UsageError                the caller's mistake: fix the call or the config
-    │   ├── ConfigError           bad settings (URL, app path, options)
-    │   ├── InvalidRunId          a run id kern will not store (empty, glob or control chars)
-    │   ├── RunIdInUse            a run id that is already taken
-    │   └── UnknownAgent          no agent with that id is served here
-    └── RuntimeFailure            something failed while doing a valid thing
-        ├── ControlPlaneUnavailable   the control plane (Redis) cannot be reached
-        ├── ModelError            the model provider failed or answered nonsense
-        └── ToolError             a tool raised
+KernError
+├── UsageError                the caller's mistake: fix the call or the config
+│   ├── ConfigError           bad settings (URL, app path, options)
+│   ├── InvalidRunId          a run id kern will not store (empty, glob or control chars)
+│   ├── RunIdInUse            a run id that is already taken
+│   └── UnknownAgent          no agent with that id is served here
+└── RuntimeFailure            something failed while doing a valid thing
+    ├── ControlPlaneUnavailable   the control plane (Redis) cannot be reached
+    ├── ModelError            the model provider failed or answered nonsense
+    └── ToolError             a tool raised
 """
 
 from __future__ import annotations

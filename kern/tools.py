@@ -164,9 +164,7 @@ def _args_model(
             annotation,
             FieldInfo(default=default, description=arg_docs.get(param.name)),
         )
-    model = create_model(
-        f"{name}_args", __config__=ConfigDict(extra="ignore"), **fields
-    )
+    model = create_model(f"{name}_args", __config__=ConfigDict(extra="ignore"), **fields)
     return context_param, model
 
 

@@ -79,7 +79,9 @@ class Worker:
         await asyncio.to_thread(self._announce)
         log.info(
             "worker %s serving %s (concurrency %d)",
-            self.consumer, ", ".join(self.agents), self.concurrency,
+            self.consumer,
+            ", ".join(self.agents),
+            self.concurrency,
         )
         next_claim = 0.0
         while not self._stopping.is_set():
@@ -139,7 +141,9 @@ class Worker:
             final = await execute_run(agent, request, _ignore, create=False, record_events=True)
             log.info(
                 "run %s ended %s in %.2fs",
-                entry.run_id, final.status.value, time.monotonic() - started,
+                entry.run_id,
+                final.status.value,
+                time.monotonic() - started,
             )
         finally:
             await asyncio.to_thread(self.queue.done, entry)
@@ -148,7 +152,8 @@ class Worker:
         if self._tasks:
             log.info(
                 "shutting down: %d runs in flight, grace %.1fs",
-                len(self._tasks), self.shutdown_grace,
+                len(self._tasks),
+                self.shutdown_grace,
             )
             await asyncio.wait(list(self._tasks), timeout=self.shutdown_grace)
         for entry in list(self._tasks.values()):

@@ -11,7 +11,7 @@ import pytest
 from kern.apps import load_agents
 from kern.exceptions import ConfigError
 
-APP = '''
+APP = """
 from kern.agent import Agent
 from kern.models.offline import OfflineModel
 
@@ -24,7 +24,7 @@ twins = [one, Agent(name="one", model=OfflineModel("c"))]
 mixed = [one, "two"]
 empty = []
 number = 3
-'''
+"""
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,10 @@ def test_kern_run_streams_a_run_to_the_end() -> None:
     with serve() as stack:
         done = subprocess.run(
             [*KERN, "run", "fast", "hello", "--url", stack.url],
-            capture_output=True, text=True, timeout=30, env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
         )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
@@ -49,7 +52,10 @@ def test_ctrl_c_cancels_the_run_on_the_server() -> None:
     with serve() as stack:
         process = subprocess.Popen(
             [*KERN, "run", "slow", "tell me a story", "--url", stack.url],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
         )
         try:
             deadline = time.monotonic() + 20
@@ -76,19 +82,31 @@ def test_kern_run_reports_usage_and_connection_errors() -> None:
     with serve(settings=ApiSettings(security_key="k")) as stack:
         unknown = subprocess.run(
             [*KERN, "run", "nobody", "hi", "--url", stack.url],
-            capture_output=True, text=True, timeout=30, env=_env(KERN_SECURITY_KEY="k"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(KERN_SECURITY_KEY="k"),
         )
         no_key = subprocess.run(
             [*KERN, "run", "fast", "hi", "--url", stack.url],
-            capture_output=True, text=True, timeout=30, env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(),
         )
         with_key = subprocess.run(
             [*KERN, "run", "fast", "hi", "--url", stack.url],
-            capture_output=True, text=True, timeout=30, env=_env(KERN_SECURITY_KEY="k"),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=_env(KERN_SECURITY_KEY="k"),
         )
     refused = subprocess.run(
         [*KERN, "run", "fast", "hi", "--url", stack.url],  # the server is gone
-        capture_output=True, text=True, timeout=30, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=_env(),
     )
     assert unknown.returncode == 2 and "HTTP 404" in unknown.stderr
     assert no_key.returncode == 2 and "HTTP 401" in no_key.stderr
@@ -103,7 +121,11 @@ def served() -> Iterator[str]:
         port = _free_port()
         process = subprocess.Popen(
             [*KERN, "serve", "api_support:SERVED", "--port", str(port), "--log-level", "warning"],
-            cwd=TESTS, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=TESTS,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:

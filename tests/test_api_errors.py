@@ -129,8 +129,14 @@ async def test_malformed_bodies_and_parameters() -> None:
                 await client.get("/agents/fast/runs/r1/events", headers={"Last-Event-ID": "x"}),
                 await client.get("/agents/fast/runs/r1/events", params={"last_event_id": "-2"}),
             ]
-    for response in (malformed_json, malformed_form, not_utf8, *bad_path_ids, *bad_wait,
-                     *bad_last_id):
+    for response in (
+        malformed_json,
+        malformed_form,
+        not_utf8,
+        *bad_path_ids,
+        *bad_wait,
+        *bad_last_id,
+    ):
         assert response.status_code == 422, (response.request.url, response.text)
         assert response.headers["content-type"] == "application/json"
     assert wrong_type.status_code == 415
@@ -157,9 +163,7 @@ async def test_oversized_bodies_are_413() -> None:
 
     with serve() as stack:
         async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
-            declared = await client.post(
-                "/agents/fast/runs", data={"message": big.decode()}
-            )
+            declared = await client.post("/agents/fast/runs", data={"message": big.decode()})
             streamed = await client.post(
                 "/agents/fast/runs", content=chunks(), headers={"content-type": "application/json"}
             )
@@ -224,7 +228,9 @@ async def test_openapi_documents_every_route_and_answer() -> None:
     assert {"200", "202", "401", "404", "409", "413", "415", "422", "503"} <= _codes(runs)
     assert set(runs["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     assert set(runs["requestBody"]["content"]) >= {
-        "application/json", "application/x-www-form-urlencoded", "multipart/form-data"
+        "application/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
     }
     cancel = paths["/agents/{agent_id}/runs/{run_id}/cancel"]["post"]
     assert {"200", "401", "404", "409", "422", "503"} <= _codes(cancel)
@@ -238,4 +244,3 @@ async def test_openapi_documents_every_route_and_answer() -> None:
     assert {"200", "503"} <= _codes(paths["/health"]["get"])
     for name in ("RunView", "RunOutput", "RunAccepted", "AgentView", "Health", "ErrorBody"):
         assert name in schema["components"]["schemas"], name
-

@@ -24,9 +24,22 @@ def two_workers(redis_url: str, redis_prefix: str) -> Iterator[str]:
     port = _free_port()
     env = _env(KERN_REDIS_URL=redis_url, KERN_REDIS_PREFIX=redis_prefix)
     process = subprocess.Popen(
-        [*KERN, "serve", "api_support:SERVED", "--port", str(port), "--workers", "2",
-         "--log-level", "warning"],
-        cwd=TESTS, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *KERN,
+            "serve",
+            "api_support:SERVED",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=TESTS,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -118,7 +118,10 @@ def _build_state(
         settings.dispatch, hub, plane, shutdown_grace=settings.shutdown_grace
     )
     events = EventSource(
-        plane, hub, idle=settings.keepalive, poll=settings.follow_poll,
+        plane,
+        hub,
+        idle=settings.keepalive,
+        poll=settings.follow_poll,
         end_grace=settings.end_grace,
     )
     return ApiState(by_id, plane, settings, hub, dispatcher, events)

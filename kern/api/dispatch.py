@@ -93,8 +93,10 @@ class InlineDispatcher:
             return
         # Cancelled through the control plane, so each run stores why it ended.
         await asyncio.gather(
-            *(agent.control.acancel(run_id, reason=REASON_SERVER_SHUTDOWN)
-              for run_id, (agent, _) in runs.items()),
+            *(
+                agent.control.acancel(run_id, reason=REASON_SERVER_SHUTDOWN)
+                for run_id, (agent, _) in runs.items()
+            ),
             return_exceptions=True,
         )
         tasks = [task for _, task in runs.values()]

@@ -1,12 +1,12 @@
 """Errors as JSON: every failure maps to a status and ``{"detail": ...}``, never a traceback.
 
-    InvalidRunId             422  (as a validation error on the run id)
-    UnknownAgent             404
-    RunIdInUse               409
-    other UsageError         400
-    ControlPlaneUnavailable  503  (with Retry-After; the next request tries again)
-    other KernError          500
-    anything else            500  "internal error" (logged with its traceback)
+InvalidRunId             422  (as a validation error on the run id)
+UnknownAgent             404
+RunIdInUse               409
+other UsageError         400
+ControlPlaneUnavailable  503  (with Retry-After; the next request tries again)
+other KernError          500
+anything else            500  "internal error" (logged with its traceback)
 """
 
 from __future__ import annotations

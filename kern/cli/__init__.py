@@ -8,6 +8,7 @@ import typer
 
 from kern.cli.client import run
 from kern.cli.demo import demo
+from kern.cli.runs import cancel, runs, status
 from kern.cli.serve import serve
 from kern.cli.worker import worker
 
@@ -19,7 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(demo)
-import kern.cli.runs  # noqa: E402, F401, I001 - registers cancel, status and runs
+app.command()(cancel)
+app.command()(status)
+app.command()(runs)
 app.command()(serve)
 app.command()(run)
 app.command()(worker)

@@ -25,7 +25,6 @@ from redis.retry import Retry
 from rich.console import Console
 from rich.table import Table
 
-from kern.cli import app
 from kern.control import ENV_REDIS_URL
 from kern.control.base import RunRecord
 from kern.control.redis import RedisControlPlane
@@ -206,8 +205,3 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
-
-
-app.command()(cancel)
-app.command()(status)
-app.command()(runs)

@@ -22,9 +22,7 @@ def worker(
     ] = 256,
     shutdown_grace: Annotated[
         float,
-        typer.Option(
-            help="Seconds in-flight runs get on SIGTERM before a cancel.", min=0
-        ),
+        typer.Option(help="Seconds in-flight runs get on SIGTERM before a cancel.", min=0),
     ] = 30.0,
     claim_after: Annotated[
         float,

@@ -251,7 +251,12 @@ class ControlPlane(abc.ABC):
         reason: str | None = None,
     ) -> RunRecord:
         return await self._call(
-            self.finish, run_id, status, content=content, metrics=metrics, error=error,
+            self.finish,
+            run_id,
+            status,
+            content=content,
+            metrics=metrics,
+            error=error,
             reason=reason,
         )
 

@@ -142,8 +142,12 @@ class RedisControlPlane(ControlPlane):
                 self._last_heartbeat = time.monotonic()
             record = decode_record(raw, run_id)
             if record is None:  # not ours to run: undo the index entries
-                self._execute(lambda p: [p.srem(self.keys.owner_runs(owner), run_id),
-                                         p.zrem(self.keys.active, run_id)])
+                self._execute(
+                    lambda p: [
+                        p.srem(self.keys.owner_runs(owner), run_id),
+                        p.zrem(self.keys.active, run_id),
+                    ]
+                )
                 return None
         with self._lock:
             self._incs[run_id] = text(lua.as_dict(raw).get("inc", ""))
@@ -183,8 +187,14 @@ class RedisControlPlane(ControlPlane):
         if record is None:  # the id now belongs to a newer incarnation: leave it alone
             logger.warning("kern: run %s was replaced in Redis; its end is not stored", run_id)
             record = RunRecord(
-                run_id=run_id, agent_id=agent_id, status=status, content=content,
-                metrics=metrics, error=error, cancel_reason=reason, stopped=True,
+                run_id=run_id,
+                agent_id=agent_id,
+                status=status,
+                content=content,
+                metrics=metrics,
+                error=error,
+                cancel_reason=reason,
+                stopped=True,
             )
         return record
 
@@ -199,6 +209,7 @@ class RedisControlPlane(ControlPlane):
             unsaved = dict(self._unsaved)
         if not unsaved:
             return
+
         def build(pipe: Pipeline) -> None:
             for run_id, args in unsaved.items():
                 self._add_finish(pipe, run_id, args)
@@ -248,7 +259,8 @@ class RedisControlPlane(ControlPlane):
             for start in range(0, len(ids), _LIST_PAGE):
                 page = self._read_many(ids[start : start + _LIST_PAGE])
                 found.extend(
-                    r for r in page
+                    r
+                    for r in page
                     if (status is None or r.status == status)
                     and (agent_id is None or r.agent_id == agent_id)
                 )
@@ -305,8 +317,12 @@ class RedisControlPlane(ControlPlane):
             members = self._execute(lambda p: [p.smembers(self.keys.owner_runs(o)) for o in dead])
             runs = [(o, text(r)) for o, ids in zip(dead, members, strict=True) for r in ids]
             lost = sum(moved for moved, _ in self._end_lost(runs).values())
-            self._execute(lambda p: [p.delete(*map(self.keys.owner_runs, dead)),
-                                     p.zrem(self.keys.owners, *dead)])
+            self._execute(
+                lambda p: [
+                    p.delete(*map(self.keys.owner_runs, dead)),
+                    p.zrem(self.keys.owners, *dead),
+                ]
+            )
         if lost:
             logger.warning("kern: %d run(s) of dead owners ended %s", lost, REASON_WORKER_LOST)
         return lost
@@ -375,8 +391,10 @@ class RedisControlPlane(ControlPlane):
     def _settle_leases(self, records: list[RunRecord]) -> list[RunRecord]:
         """Move runs of owners whose lease expired to ERROR (or to stopped, if already ended)."""
         suspects = {
-            r.owner for r in records
-            if r.owner and r.owner != self.owner_id
+            r.owner
+            for r in records
+            if r.owner
+            and r.owner != self.owner_id
             and (r.status == RunStatus.running or (r.is_terminal and not r.stopped))
         }
         dead = set(self._dead_owners(o for o in suspects if o))
@@ -477,8 +495,12 @@ class RedisControlPlane(ControlPlane):
             for run_id in run_ids:
                 handle = self.local.get(run_id)
                 record = RunRecord(
-                    run_id=run_id, agent_id=handle.agent_id if handle else "",
-                    status=RunStatus.running, owner=self.owner_id, created_at=now, started_at=now,
+                    run_id=run_id,
+                    agent_id=handle.agent_id if handle else "",
+                    status=RunStatus.running,
+                    owner=self.owner_id,
+                    created_at=now,
+                    started_at=now,
                 )
                 fields = encode_record(record, incs[run_id])
                 self.scripts.restore(pipe, [self.keys.run(run_id)], fields)
@@ -530,8 +552,12 @@ class _Listener:
             try:
                 self._serve()
             except Exception as exc:  # never die silently: log, back off, resubscribe
-                logger.warning("kern: Redis listener error (%s: %s); resubscribing in %.2f s",
-                               type(exc).__name__, exc, self._backoff)
+                logger.warning(
+                    "kern: Redis listener error (%s: %s); resubscribing in %.2f s",
+                    type(exc).__name__,
+                    exc,
+                    self._backoff,
+                )
                 self._stop.wait(self._backoff)
                 self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
 

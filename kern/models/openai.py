@@ -142,7 +142,7 @@ class _OpenAIModel(Model):
                 base_url=base_url,
                 # The SDK reads timeout=None as "never time out"; unset keeps its default.
                 timeout=openai.not_given if timeout is None else timeout,
-            )
+            ),
         )
 
     async def client(self) -> openai.AsyncOpenAI:
