@@ -7,7 +7,7 @@
                owner's channel; the owner's listener interrupts the run
 
 Each process (each `RedisControlPlane`) owns one pub/sub connection, served
-by a daemon thread (`_Listener`) that also heartbeats the owner's lease,
+by a daemon thread (`kern.control.listener.Listener`) that also heartbeats the owner's lease,
 re-reads the stored state of its own runs after every (re)subscribe and every
 ``reconcile_interval`` (the backstop for a lost message), and sweeps runs of
 owners whose lease expired to ERROR ``worker_lost``. Key names and TTLs live
@@ -34,6 +34,7 @@ from redis.retry import Retry
 from kern.control import keys as K
 from kern.control import lua
 from kern.control.base import REASON_WORKER_LOST, CancelResult, ControlPlane, RunRecord, SeqEvent
+from kern.control.listener import Listener
 from kern.control.lua import ScriptSet, decode_record, encode_record, ms, text
 from kern.exceptions import ControlPlaneUnavailable, RunIdInUse
 from kern.ids import validate_run_id
@@ -83,7 +84,7 @@ class RedisControlPlane(ControlPlane):
         self._incs: dict[str, str] = {}  # run id -> incarnation nonce, for runs started here
         self._unsaved: dict[str, list[str]] = {}  # run id -> finish args Redis did not take yet
         self._last_heartbeat = -float("inf")  # monotonic time of the last lease refresh
-        self._listener: _Listener | None = None
+        self._listener: Listener | None = None
         self._closed = False
 
     @classmethod
@@ -462,7 +463,7 @@ class RedisControlPlane(ControlPlane):
         if self._listener is None and not self._closed:
             with self._lock:
                 if self._listener is None:
-                    self._listener = _Listener(self)
+                    self._listener = Listener(self)
                     self._listener.start()
 
     def _reconcile(self) -> None:
@@ -522,82 +523,3 @@ class RedisControlPlane(ControlPlane):
             status = self.redis.hget(self.keys.run(run_id), "status")
             if status is not None and RunStatus(text(status)).is_terminal:
                 self.local.interrupt(run_id, reason)
-
-
-class _Listener:
-    """The process's one pub/sub connection, and its periodic duties, on a daemon thread."""
-
-    MAX_BACKOFF = 5.0
-
-    def __init__(self, plane: RedisControlPlane) -> None:
-        self.plane = plane
-        self.tick = min(0.1, plane.reconcile_interval, plane.lease_ttl / 3)
-        self._stop = threading.Event()
-        self._backoff = 0.05
-        self._due = dict.fromkeys(("heartbeat", "reconcile", "unsaved", "sweep", "trim"), 0.0)
-        self._thread = threading.Thread(
-            target=self._run, name=f"kern-redis-listener-{plane.owner_id}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=5.0)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except Exception as exc:  # never die silently: log, back off, resubscribe
-                logger.warning(
-                    "kern: Redis listener error (%s: %s); resubscribing in %.2f s",
-                    type(exc).__name__,
-                    exc,
-                    self._backoff,
-                )
-                self._stop.wait(self._backoff)
-                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF)
-
-    def _serve(self) -> None:
-        plane = self.plane
-        pubsub = plane.redis.pubsub(ignore_subscribe_messages=False)  # type: ignore[no-untyped-call]
-        try:
-            pubsub.subscribe(plane.keys.channel(plane.owner_id))
-            while not self._stop.is_set():
-                message = pubsub.get_message(timeout=self.tick)
-                if message is not None:
-                    self._handle(message)
-                self._periodic()
-        finally:
-            pubsub.close()
-
-    def _handle(self, message: dict[str, Any]) -> None:
-        kind = text(message["type"])
-        if kind == "subscribe":
-            # Also after redis-py's own silent reconnects: messages sent while we
-            # were away are lost, so re-read what is stored now.
-            self._backoff = 0.05
-            self.plane._reconcile()
-            self._due["reconcile"] = time.monotonic() + self.plane.reconcile_interval
-        elif kind == "message":
-            try:
-                self.plane._on_cancel_message(message["data"])
-            except ValueError:
-                logger.warning("kern: ignored a malformed cancel message %r", message["data"])
-
-    def _periodic(self) -> None:
-        plane, now = self.plane, time.monotonic()
-        duties = (
-            ("heartbeat", plane.lease_ttl / 3, plane._heartbeat),
-            ("reconcile", plane.reconcile_interval, plane._reconcile),
-            ("unsaved", plane.reconcile_interval, plane._save_unsaved),
-            ("sweep", plane.sweep_interval, plane.sweep),
-            ("trim", K.TRIM_INTERVAL, plane.trim_indexes),
-        )
-        for name, every, duty in duties:
-            if now >= self._due[name]:
-                self._due[name] = now + every
-                duty()
