@@ -14,6 +14,9 @@ class RunCancelled(KernError):
     """Raised inside a run (or by `RunContext.raise_if_cancelled`) once it was cancelled."""
 
 
+_interrupt_lock = threading.Lock()
+
+
 @dataclass(eq=False)
 class RunHandle:
     """The owner's grip on one executing run.
@@ -29,6 +32,7 @@ class RunHandle:
     task: asyncio.Task[object] | None = None
     reason: str | None = None
     closing: bool = False  # the run is saving its end: interrupts no longer cancel the task
+    outside_cancelled: bool = False  # the task was cancelled by someone other than kern
     cancelled: threading.Event = field(default_factory=threading.Event)
     _own_cancels: int = 0
 
@@ -37,10 +41,11 @@ class RunHandle:
         return self.cancelled.is_set()
 
     def interrupt(self, reason: str = "cancelled") -> None:
-        if self.cancelled.is_set():
-            return
-        self.reason = reason
-        self.cancelled.set()
+        with _interrupt_lock:  # two threads may interrupt at once: one of them acts
+            if self.cancelled.is_set():
+                return
+            self.reason = reason
+            self.cancelled.set()
         # A closed loop means the run is over anyway.
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self._cancel_task)

@@ -47,6 +47,10 @@ class ControlPlaneUnavailable(RuntimeFailure):
     """The control plane (Redis) could not be reached."""
 
 
+class RunNotStarted(RuntimeFailure):
+    """A run that may not start here: it is not PENDING and has not ended."""
+
+
 class ModelError(RuntimeFailure):
     """The model provider failed."""
 

@@ -85,6 +85,8 @@ async def _end_from_record(
     end, or None to wait a little longer."""
     log = await control.aread_events(record.run_id, 0)
     last_seq = log[-1][0] if log else 0
+    if last_seq > after:
+        return None  # the owner appended more meanwhile: the loop reads it next
     if (log and log[-1][1].is_terminal) or after > last_seq:
         return []  # the reader is at (or past) the end already
     if time.monotonic() - stopped_since < end_grace:

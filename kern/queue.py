@@ -15,6 +15,7 @@ lease sweep).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import redis
 
 from kern.control import keys
 from kern.control.base import RunRecord
-from kern.exceptions import ControlPlaneUnavailable
+from kern.exceptions import ControlPlaneUnavailable, KernError
 
 if TYPE_CHECKING:
     from kern.control.redis import RedisControlPlane
@@ -59,6 +60,10 @@ class RunQueue:
         try:
             self.redis.xadd(self.stream(record.agent_id), {"run_id": record.run_id})
         except redis.RedisError as exc:
+            # No worker will ever see it: end the record now rather than leave it
+            # PENDING for a day (and its id taken).
+            with contextlib.suppress(KernError):
+                self.control.cancel(record.run_id, reason="enqueue_failed")
             raise ControlPlaneUnavailable(f"could not enqueue run {record.run_id}: {exc}") from exc
 
     def ensure_groups(self, agent_ids: list[str]) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from kern.context import RunCancelled, RunContext, RunHandle
 from kern.control.base import RunRecord
-from kern.exceptions import KernError, ModelError
+from kern.exceptions import KernError, ModelError, RunNotStarted
 from kern.models.base import Message, Model, ModelDelta, TextDelta, ToolCall, ToolSpec
 from kern.run.agent import (
     Metrics,
@@ -88,81 +88,111 @@ async def execute_run(
     ``record_events=True`` also appends the events to the run's log in the
     control plane, in batches, so other processes can follow or replay it.
     Raises before any event only for a bad request (`RunIdInUse`, `InvalidRunId`).
+    A cancel of the calling task (from outside kern) ends the run CANCELLED,
+    stored and emitted like any other, and is then raised again.
     """
     control = agent.control
     recorder = _Recorder(agent, request.run_id, emit) if record_events else None
     if recorder is not None:
         emit = recorder.emit
-    if create:
-        await control.acreate(
-            RunRecord(
-                run_id=request.run_id,
-                agent_id=agent.id,
-                session_id=request.session_id,
-                user_id=request.user_id,
-                input=request.input,
-            )
-        )
-    task = asyncio.current_task()
-    handle = RunHandle(request.run_id, agent.id, asyncio.get_running_loop(), task)
+    handle = RunHandle(request.run_id, agent.id, asyncio.get_running_loop(), asyncio.current_task())
+    # Tracked before the run is stored, so a cancel that follows at once finds it.
     control.local.add(handle)
-    progress = _Progress()
-    status, error, reason = RunStatus.completed, None, None
-    outside_cancel = False
-    started_sent = False
     try:
-        try:
-            record = await control.astart(request.run_id)
-            emit(_started(agent, request))
-            started_sent = True
-            if record is None:
-                raise RunCancelled("cancelled before it started")
-            await _drive(agent, request, handle, progress, emit)
-        except asyncio.CancelledError:
-            if not handle.consume_own_cancel():
-                outside_cancel = True
-                stop = control.acancel(request.run_id, reason=REASON_CALLER_CANCELLED)
-                await _settle(handle, stop)
-            status, reason = RunStatus.cancelled, handle.reason or REASON_CALLER_CANCELLED
-        except RunCancelled:
-            status, reason = RunStatus.cancelled, handle.reason
-        except Exception as exc:  # the run ends ERROR; the caller gets the event, not a raise
-            status, error = RunStatus.error, _describe(exc)
-        if not started_sent:
-            emit(_started(agent, request))
-        # A late interrupt must not stop the owner from saving what it has.
-        handle.closing = True
-        progress.metrics.duration = time.monotonic() - progress.started
-        try:
-            stored = await _settle(
-                handle,
-                control.afinish(
-                    request.run_id,
-                    status,
-                    content=progress.content,
-                    metrics=progress.metrics,
-                    error=error,
-                    reason=reason,
-                ),
-            )
+        started = await _begin(agent, request, handle, create)
+        stored = None
+        if started is None:  # ended while it waited, or another process holds it
+            stored = await _settle(handle, control.aget(request.run_id))
+            if stored is None or not stored.is_terminal:
+                raise RunNotStarted(f"run {request.run_id} is not PENDING: not started here")
+        progress = _Progress()
+        emit(_started(agent, request))
+        if stored is not None:  # it ended without running: say so, change nothing
             final = _terminal(agent, request, stored, progress)
-        except Exception as exc:  # control plane down: still end the stream, content kept
-            final = RunErrorEvent(
-                run_id=request.run_id,
-                agent_id=agent.id,
-                session_id=request.session_id,
-                content=progress.content,
-                metrics=progress.metrics,
-                error=f"could not record the end of the run: {_describe(exc)}",
-            )
+        else:
+            status, error, reason = await _run_body(agent, request, handle, progress, emit)
+            handle.closing = True  # a late interrupt must not cut the saving short
+            ending = _finish(agent, request, progress, status, error, reason)
+            final = await _settle(handle, ending)
         emit(final)
         if recorder is not None:
             await _settle(handle, recorder.flush())
-        if outside_cancel:
-            raise asyncio.CancelledError
-        return final
     finally:
         control.local.remove(handle)
+    if handle.outside_cancelled:
+        raise asyncio.CancelledError
+    return final
+
+
+async def _begin(
+    agent: Agent, request: RunRequest, handle: RunHandle, create: bool
+) -> RunRecord | None:
+    """Store (or take) the run as RUNNING here; None if it may not run here."""
+    control = agent.control
+    if not create:
+        return await _settle(handle, control.astart(request.run_id))
+    record = RunRecord(
+        run_id=request.run_id,
+        agent_id=agent.id,
+        session_id=request.session_id,
+        user_id=request.user_id,
+        input=request.input,
+    )
+    begun = await _settle(handle, control.abegin(record))
+    # Cancelled between the two halves of a two-step begin: it is over already.
+    return begun if begun.status == RunStatus.running else None
+
+
+async def _run_body(
+    agent: Agent, request: RunRequest, handle: RunHandle, progress: _Progress, emit: Emit
+) -> tuple[RunStatus, str | None, str | None]:
+    """Drive the run; return how it ended: (status, error, cancel reason)."""
+    try:
+        if handle.cancel_requested or handle.outside_cancelled:
+            raise RunCancelled("cancelled before it started")
+        await _drive(agent, request, handle, progress, emit)
+    except asyncio.CancelledError:
+        if not handle.consume_own_cancel():
+            handle.outside_cancelled = True
+    except RunCancelled:
+        pass
+    except Exception as exc:  # the run ends ERROR; the caller gets the event, not a raise
+        return RunStatus.error, _describe(exc), None
+    else:
+        return RunStatus.completed, None, None
+    reason = handle.reason or (REASON_CALLER_CANCELLED if handle.outside_cancelled else None)
+    return RunStatus.cancelled, None, reason
+
+
+async def _finish(
+    agent: Agent,
+    request: RunRequest,
+    progress: _Progress,
+    status: RunStatus,
+    error: str | None,
+    reason: str | None,
+) -> TerminalEvent:
+    """Store the end (compare-and-set) and build the terminal event from what was stored."""
+    progress.metrics.duration = time.monotonic() - progress.started
+    try:
+        stored = await agent.control.afinish(
+            request.run_id,
+            status,
+            content=progress.content,
+            metrics=progress.metrics,
+            error=error,
+            reason=reason,
+        )
+    except Exception as exc:  # control plane down: still end the stream, content kept
+        return RunErrorEvent(
+            run_id=request.run_id,
+            agent_id=agent.id,
+            session_id=request.session_id,
+            content=progress.content,
+            metrics=progress.metrics,
+            error=f"could not record the end of the run: {_describe(exc)}",
+        )
+    return _terminal(agent, request, stored, progress)
 
 
 class _Recorder:
@@ -188,14 +218,18 @@ class _Recorder:
 
 
 async def _settle(handle: RunHandle, awaitable: Awaitable[T]) -> T:
-    """Await ``awaitable`` to the end even if this run's own interrupt lands meanwhile."""
+    """Await ``awaitable`` to the end, whatever cancels land on the run's task meanwhile.
+
+    The run's own interrupts are consumed; a cancel from outside is noted on
+    the handle (the run ends CANCELLED and raises it once it has stored its end).
+    """
     future = asyncio.ensure_future(awaitable)
     while True:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
             if not handle.consume_own_cancel():
-                raise
+                handle.outside_cancelled = True
 
 
 async def _drive(

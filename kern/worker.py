@@ -19,10 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+
 from kern.agent import Agent
 from kern.control import default_control_plane, keys
 from kern.control.base import ControlPlane
-from kern.exceptions import ConfigError
+from kern.exceptions import ConfigError, KernError, RunNotStarted
 from kern.queue import CLAIM_IDLE_MS, Entry, RunQueue
 from kern.run.base import RunStatus
 from kern.runner import RunRequest, execute_run
@@ -84,21 +86,31 @@ class Worker:
             self.concurrency,
         )
         next_claim = 0.0
+        backoff = 0.1
         while not self._stopping.is_set():
             if len(self._tasks) >= self.concurrency:
                 await asyncio.wait(list(self._tasks), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            if time.monotonic() >= next_claim:
-                next_claim = time.monotonic() + CLAIM_EVERY
-                for entry in await asyncio.to_thread(self._claim):
-                    self._spawn(entry)
-            entries = await asyncio.to_thread(
-                self.queue.read,
-                list(self.agents),
-                self.consumer,
-                self.concurrency - len(self._tasks),
-                READ_BLOCK_MS,
-            )
+            try:
+                if time.monotonic() >= next_claim:
+                    next_claim = time.monotonic() + CLAIM_EVERY
+                    for entry in await asyncio.to_thread(self._claim):
+                        self._spawn(entry)
+                entries = await asyncio.to_thread(
+                    self.queue.read,
+                    list(self.agents),
+                    self.consumer,
+                    self.concurrency - len(self._tasks),
+                    READ_BLOCK_MS,
+                )
+            except (redis.RedisError, KernError) as exc:
+                # Redis is away: runs in flight go on; taking new ones waits for it.
+                log.warning("cannot read the run queue (%s); retrying in %.1fs", exc, backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
             for entry in entries:
                 self._spawn(entry)
         await self._shutdown()
@@ -117,7 +129,13 @@ class Worker:
     def _spawn(self, entry: Entry) -> None:
         task = asyncio.ensure_future(self._execute(entry))
         self._tasks[task] = entry
-        task.add_done_callback(self._tasks.pop)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        entry = self._tasks.pop(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # The entry stays unacknowledged: the claim path closes it later.
+            log.error("run %s: %s: %s", entry.run_id, type(exc).__name__, exc)
 
     async def _execute(self, entry: Entry) -> None:
         agent = self.agents[entry.agent_id]
@@ -139,14 +157,13 @@ class Worker:
         log.info("run %s started (agent %s)", entry.run_id, agent.id)
         try:
             final = await execute_run(agent, request, _ignore, create=False, record_events=True)
-            log.info(
-                "run %s ended %s in %.2fs",
-                entry.run_id,
-                final.status.value,
-                time.monotonic() - started,
-            )
-        finally:
-            await asyncio.to_thread(self.queue.done, entry)
+        except RunNotStarted:  # another worker took it first: the entry is theirs to close
+            log.info("run %s is running elsewhere: left alone", entry.run_id)
+            return
+        log.info(
+            "run %s ended %s in %.2fs", entry.run_id, final.status.value, time.monotonic() - started
+        )
+        await asyncio.to_thread(self.queue.done, entry)
 
     async def _shutdown(self) -> None:
         if self._tasks:

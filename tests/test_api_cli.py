@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from api_support import SHORT_TEXT, serve
+from api_support import SHORT_TEXT, make_agents, serve
 from typer.testing import CliRunner
 
 from kern.api.settings import ApiSettings
 from kern.cli import app as cli
+from kern.control.base import RunRecord
+from kern.control.memory import MemoryControlPlane
 from kern.run.base import RunStatus
 
 TESTS = Path(__file__).parent
@@ -76,6 +80,46 @@ def test_ctrl_c_cancels_the_run_on_the_server() -> None:
     assert record.content and record.stopped
     assert "status: CANCELLED" in out
     assert f"partial content ({len(record.content)} characters):\n{record.content}" in out
+
+
+class SlowToStorePlane(MemoryControlPlane):
+    """Stores each new run only ``delay`` s after the request for it came in."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.creating = threading.Event()
+
+    async def acreate(self, record: RunRecord) -> None:
+        self.creating.set()
+        await asyncio.sleep(self.delay)
+        await super().acreate(record)
+
+
+def test_ctrl_c_before_the_server_stored_the_run_still_cancels_it() -> None:
+    plane = SlowToStorePlane(delay=0.8)
+    with serve(make_agents(plane), control=plane) as stack:
+        process = subprocess.Popen(
+            [*KERN, "run", "slow", "tell me a story", "--url", stack.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        try:
+            assert plane.creating.wait(20), "the run was never asked for"
+            assert not stack.control.list_runs()
+            process.send_signal(signal.SIGINT)  # the first cancel finds no run: 404
+            out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+        run_id = out.splitlines()[0].removeprefix("run id: ")
+        record = stack.control.get(run_id)
+    assert process.returncode == 130, err
+    assert record is not None and record.status == RunStatus.cancelled, record
+    assert "status: CANCELLED" in out
 
 
 def test_kern_run_reports_usage_and_connection_errors() -> None:

@@ -142,6 +142,84 @@ async def test_malformed_bodies_and_parameters() -> None:
     assert wrong_type.status_code == 415
 
 
+HUGE_EVENT_IDS = [str(2**63), str(2**64), "1" + "0" * 40]
+
+
+async def test_huge_last_event_ids_are_422_and_the_largest_allowed_one_works() -> None:
+    with serve() as stack:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
+            done = await client.post("/agents/fast/runs", json={"message": "hi", "stream": False})
+            url = f"/agents/fast/runs/{done.json()['run_id']}/events"
+            refused = [
+                *[await client.get(url, headers={"Last-Event-ID": big}) for big in HUGE_EVENT_IDS],
+                *[await client.get(url, params={"last_event_id": big}) for big in HUGE_EVENT_IDS],
+            ]
+            largest = await client.get(url, headers={"Last-Event-ID": str(2**63 - 1)})
+    for response in refused:
+        assert response.status_code == 422, (response.request.url, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert "9223372036854775807" in response.text
+    assert largest.status_code == 200 and largest.text == ""
+
+
+def _multipart(fields: dict[str, bytes]) -> tuple[bytes, str]:
+    parts = [
+        b'--b\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (k.encode(), v)
+        for k, v in fields.items()
+    ]
+    return b"".join(parts) + b"--b--\r\n", "multipart/form-data; boundary=b"
+
+
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "field"),
+    [
+        (b'{"message": "x", "session_id": "\\ud800"}', _JSON, "session_id"),
+        (b'{"message": "x", "user_id": "a\\udfffb"}', _JSON, "user_id"),
+        (b'{"message": "x\\ud83d", "stream": false}', _JSON, "message"),
+        (b'{"message": "x", "session_id": "a\\u0000b"}', _JSON, "session_id"),
+        (b'{"message": "x", "user_id": "a\\nb"}', _JSON, "user_id"),
+        (b'{"message": "x", "run_id": "\\ud800"}', _JSON, "run_id"),
+        (b"message=x&session_id=%ED%A0%80", _FORM, "body"),  # a surrogate, in UTF-8 bytes
+        (b"message=x&user_id=%FF", _FORM, "body"),
+        (b"message=x&user_id=a%00b", _FORM, "user_id"),
+        (b"message=x&session_id=a%1Bb", _FORM, "session_id"),
+        (*_multipart({"message": b"x", "session_id": b"\xed\xa0\x80"}), "body"),
+        (*_multipart({"message": b"x", "user_id": b"\xff"}), "body"),
+        (*_multipart({"message": b"x", "user_id": b"a\x07b"}), "user_id"),
+    ],
+)
+async def test_text_that_is_not_utf8_or_ids_with_control_characters_are_422(
+    content: bytes, content_type: str, field: str
+) -> None:
+    """Refused before the run is stored, streaming (the default) or not, JSON or form."""
+    with serve() as stack:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:
+            response = await client.post(
+                "/agents/fast/runs",
+                content=content,
+                headers={"content-type": content_type},
+            )
+            fine = await client.post(
+                "/agents/fast/runs",
+                json={
+                    "message": "é\n\tü",
+                    "session_id": "sé ssion",
+                    "user_id": "ü-1",
+                    "stream": False,
+                },
+            )
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert [error["loc"][-1] for error in response.json()["detail"]] == [field]
+    assert fine.status_code == 200 and fine.json()["status"] == "COMPLETED"
+    assert fine.json()["session_id"] == "sé ssion"
+    assert [r.session_id for r in stack.control.list_runs()] == ["sé ssion"]
+
+
 async def test_unknown_agent_and_taken_run_id() -> None:
     with serve() as stack:
         async with httpx.AsyncClient(base_url=stack.url, timeout=10) as client:

@@ -23,6 +23,7 @@ from redis_support import free_port, wait_for
 from kern.agent import Agent
 from kern.context import RunHandle
 from kern.control import keys
+from kern.control import redis as redis_plane
 from kern.control.base import REASON_WORKER_LOST, RunRecord
 from kern.control.redis import RedisControlPlane
 from kern.exceptions import ControlPlaneUnavailable
@@ -139,6 +140,7 @@ def test_recent_index_is_trimmed_on_create(
     make_plane: MakePlane, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(keys, "MAX_RECENT_RUNS", 5)
+    monkeypatch.setattr(redis_plane, "TRIM_EVERY", 1)  # trim at every create here
     plane = make_plane()
     ids = [new_id() for _ in range(8)]
     for run_id in ids:
@@ -149,6 +151,16 @@ def test_recent_index_is_trimmed_on_create(
     listed = {r.run_id for r in plane.list_runs()}
     assert listed == {ids[0], *ids[3:]}  # a RUNNING run stays listed through the active index
     assert plane.get(ids[1]) is not None  # out of the index, not out of Redis
+
+
+def test_recent_index_stays_bounded_when_trimmed_now_and_then(
+    make_plane: MakePlane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys, "MAX_RECENT_RUNS", 5)
+    plane = make_plane()
+    for _ in range(100):
+        plane.create(RunRecord(run_id=new_id(), agent_id="writer"))
+        assert plane.redis.zcard(plane.keys.recent) <= 5 + redis_plane.TRIM_EVERY
 
 
 def test_list_prunes_index_entries_of_vanished_runs(make_plane: MakePlane) -> None:

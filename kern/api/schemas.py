@@ -6,13 +6,45 @@ reads over HTTP is the JSON every other transport uses.
 
 from __future__ import annotations
 
-from typing import Literal
+import unicodedata
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from kern.control.base import RunRecord
+from kern.ids import is_valid_run_id
 from kern.run.agent import Metrics
 from kern.run.base import RunStatus
+
+
+def _utf8_text(value: str) -> str:
+    """``value`` if it can be stored and sent as UTF-8 (no lone surrogates)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def _identifier(value: str) -> str:
+    """``value`` if it is UTF-8 text without control characters (an id, not prose)."""
+    _utf8_text(value)
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _run_id(value: str) -> str:
+    if not is_valid_run_id(value):
+        raise ValueError("use 1-128 letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8_text)]
+"""Free text: any Unicode a client can send as UTF-8, newlines and tabs included."""
+Identifier = Annotated[str, AfterValidator(_identifier)]
+"""A client's id (session, user): UTF-8 text without control characters."""
+RunIdField = Annotated[str, AfterValidator(_run_id)]
 
 
 class RunCreate(BaseModel):
@@ -20,11 +52,15 @@ class RunCreate(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    message: str = Field(min_length=1, description="The user's input.")
+    message: Text = Field(min_length=1, description="The user's input.")
     stream: bool = Field(default=True, description="Stream events (SSE) instead of one JSON.")
-    session_id: str | None = None
-    user_id: str | None = None
-    run_id: str | None = Field(
+    session_id: Identifier | None = Field(
+        default=None, description="The conversation (no control characters)."
+    )
+    user_id: Identifier | None = Field(
+        default=None, description="The user (no control characters)."
+    )
+    run_id: RunIdField | None = Field(
         default=None,
         description="Choose the run id (1-128 letters, digits, '.', '_', ':' or '-').",
     )

@@ -19,6 +19,8 @@ ENV_MAX_BODY_BYTES = "KERN_MAX_BODY_BYTES"
 DEFAULT_PORT = 7777
 MAX_CANCEL_WAIT = 30.0
 """The longest ``?wait=`` a cancel request may ask for, in seconds."""
+MAX_EVENT_ID = 2**63 - 1
+"""The largest ``Last-Event-ID`` accepted (a Redis stream id part is a 64-bit integer)."""
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}

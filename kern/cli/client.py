@@ -34,6 +34,9 @@ from kern.run.base import RunStatus
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 EXIT_INTERRUPTED = 130
+CANCEL_RETRY_SECONDS = 2.0
+"""How long a cancel answered 404 is retried: the server may not have stored the run yet."""
+CANCEL_RETRY_INTERVAL = 0.1
 
 
 class ApiFailure(Exception):
@@ -102,10 +105,19 @@ def _stream(
 
 def _cancel(client: httpx.Client, agent_id: str, run_id: str, wait: float, screen: Screen) -> None:
     screen.note(f"cancelling run {run_id} ...")
+    # The run id was chosen here, so a Ctrl-C can come before the server stored the run:
+    # a 404 is tried again for a moment, else the run would start (and finish) unseen.
+    deadline = time.monotonic() + CANCEL_RETRY_SECONDS
     try:
-        response = client.post(
-            f"/agents/{agent_id}/runs/{run_id}/cancel", params={"wait": wait}, timeout=wait + 10
-        )
+        while True:
+            response = client.post(
+                f"/agents/{agent_id}/runs/{run_id}/cancel",
+                params={"wait": wait},
+                timeout=wait + 10,
+            )
+            if response.status_code != 404 or time.monotonic() >= deadline:
+                break
+            time.sleep(CANCEL_RETRY_INTERVAL)
     except (httpx.HTTPError, KeyboardInterrupt) as exc:
         screen.error(f"the cancel was not confirmed: {type(exc).__name__}: {exc}")
         return

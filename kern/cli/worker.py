@@ -35,7 +35,12 @@ def worker(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        served = Worker(load_agents(app), concurrency=concurrency, shutdown_grace=shutdown_grace)
+        served = Worker(
+            load_agents(app),
+            concurrency=concurrency,
+            shutdown_grace=shutdown_grace,
+            claim_after=claim_after,
+        )
     except KernError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

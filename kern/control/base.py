@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 from pydantic import BaseModel, Field
 
 from kern.context import RunHandle
+from kern.exceptions import RunIdInUse
 from kern.ids import new_owner_id
 from kern.run.agent import Metrics, RunOutputEvent
 from kern.run.base import RunStatus
@@ -95,7 +96,10 @@ class LocalRuns:
         self._handles: dict[str, RunHandle] = {}
 
     def add(self, handle: RunHandle) -> None:
+        """Track ``handle``; `RunIdInUse` if this process already runs that id."""
         with self._lock:
+            if handle.run_id in self._handles:
+                raise RunIdInUse(f"run {handle.run_id} is running here already")
             self._handles[handle.run_id] = handle
 
     def remove(self, handle: RunHandle) -> None:
@@ -147,6 +151,18 @@ class ControlPlane(abc.ABC):
     @abc.abstractmethod
     def start(self, run_id: str) -> RunRecord | None:
         """PENDING -> RUNNING, owned by this process. None if the run may not start."""
+
+    def begin(self, record: RunRecord) -> RunRecord:
+        """Create a run and start it here, at once (a local run). Raises `RunIdInUse`.
+
+        Backends with I/O do both in one atomic step (one round trip).
+        """
+        self.create(record)
+        started = self.start(record.run_id)
+        if started is None:  # cancelled between the two steps: it ends without running
+            stored = self.get(record.run_id)
+            return stored if stored is not None else record
+        return started
 
     @abc.abstractmethod
     def finish(
@@ -239,6 +255,9 @@ class ControlPlane(abc.ABC):
 
     async def astart(self, run_id: str) -> RunRecord | None:
         return await self._call(self.start, run_id)
+
+    async def abegin(self, record: RunRecord) -> RunRecord:
+        return await self._call(self.begin, record)
 
     async def afinish(
         self,

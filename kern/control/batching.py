@@ -37,10 +37,16 @@ class EventBatcher:
         self._waiters: list[concurrent.futures.Future[None]] = []
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._in_flight = 0  # batches taken by the thread and not written yet
 
     def add(self, run_id: str, item: SeqEvent) -> None:
-        """Queue one event; returns at once."""
+        """Queue one event; returns at once. After `close`, events are dropped."""
         with self._lock:
+            if self._closed:
+                log.warning(
+                    "run %s: event %d dropped: the control plane is closed", run_id, item[0]
+                )
+                return
             self._pending.setdefault(run_id, []).append(item)
             self._ensure_thread()
 
@@ -48,7 +54,7 @@ class EventBatcher:
         """Wait until everything added so far is written (raises if it could not be)."""
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
         with self._lock:
-            if not self._pending and not self._waiters:
+            if self._closed or not (self._pending or self._waiters or self._in_flight):
                 return
             self._waiters.append(future)
             self._ensure_thread()
@@ -69,6 +75,10 @@ class EventBatcher:
             self._thread = threading.Thread(target=self._run, name="kern-events", daemon=True)
             self._thread.start()
 
+    def _written(self) -> None:
+        with self._lock:
+            self._in_flight = 0
+
     def _run(self) -> None:
         attempts = 0
         batch: Batch = {}
@@ -83,6 +93,7 @@ class EventBatcher:
                 waiters += self._waiters
                 self._waiters = []
                 closed = self._closed
+                self._in_flight = 1 if batch else 0
             if batch:
                 try:
                     self._append_many(batch)
@@ -91,9 +102,11 @@ class EventBatcher:
                     if attempts < MAX_ATTEMPTS and not closed:
                         continue
                     log.warning("dropping the events of %d runs: %s", len(batch), exc)
+                    self._written()
                     _settle(waiters, exc)
                     batch, waiters, attempts = {}, [], 0
                     continue
+            self._written()
             _settle(waiters, None)
             batch, waiters, attempts = {}, [], 0
             if closed:

@@ -48,6 +48,20 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
+# KEYS: run. ARGV: inc, field, value, ... (the record already RUNNING, owned by the caller)
+# -> 1 stored (or our own earlier attempt), 0 the id is taken.
+# A run created and started by the same call (a local run): PENDING -> RUNNING
+# happens inside this one script, so no reader ever sees it PENDING.
+BEGIN = """
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if inc then
+  if inc == ARGV[1] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 # KEYS: run. ARGV: owner, now. -> the record if it is now RUNNING for owner, else nil.
 START = """
 local v = redis.call('HMGET', KEYS[1], 'status', 'owner')
@@ -62,16 +76,21 @@ return redis.call('HGETALL', KEYS[1])
 # content, metrics, error, reason. -> {1, record...}, or {0} when the hash
 # belongs to another incarnation of the id (left untouched).
 FINISH = """
-local v = redis.call('HMGET', KEYS[1], 'status', 'inc')
+local flat = redis.call('HGETALL', KEYS[1])
+local h = {}
+for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+local status = h['status']
 local set = {'content', ARGV[8], 'metrics', ARGV[9], 'stopped', '1'}
-if not v[1] then
+if not status then
   for _, x in ipairs({'run_id', ARGV[6], 'agent_id', ARGV[7], 'owner', ARGV[4], 'inc', ARGV[5],
                       'created_at', ARGV[2]}) do table.insert(set, x) end
-  v[1] = 'RUNNING'
-elseif ARGV[5] ~= '' and v[2] ~= ARGV[5] then
+  status = 'RUNNING'
+elseif ARGV[5] ~= '' and h['inc'] ~= ARGV[5] then
   return {0}
+elseif ARGV[5] == '' and h['owner'] and h['owner'] ~= ARGV[4] then
+  return {0}  -- not ours: never end another owner's run
 end
-if v[1] == 'PENDING' or v[1] == 'RUNNING' then
+if status == 'PENDING' or status == 'RUNNING' then
   for _, x in ipairs({'status', ARGV[1], 'ended_at', ARGV[2]}) do table.insert(set, x) end
   if ARGV[10] ~= '' then table.insert(set, 'error'); table.insert(set, ARGV[10]) end
   if ARGV[1] == 'CANCELLED' and ARGV[11] ~= '' then
@@ -81,7 +100,10 @@ end
 redis.call('HSET', KEYS[1], unpack(set))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return {1, redis.call('HGETALL', KEYS[1])}
+for i = 1, #set, 2 do h[set[i]] = set[i + 1] end
+local out = {}
+for k, v in pairs(h) do table.insert(out, k); table.insert(out, v) end
+return {1, out}
 """
 
 # KEYS: run, events. ARGV: agent_id ('' = any), reason, now, ttl_ms, caller owner,
@@ -174,6 +196,7 @@ class ScriptSet:
 
     def __init__(self) -> None:
         self.create = LuaScript("create", CREATE)
+        self.begin = LuaScript("begin", BEGIN)
         self.start = LuaScript("start", START)
         self.finish = LuaScript("finish", FINISH)
         self.cancel = LuaScript("cancel", CANCEL)
@@ -182,6 +205,7 @@ class ScriptSet:
         self.restore = LuaScript("restore", RESTORE)
         self.all = (
             self.create,
+            self.begin,
             self.start,
             self.finish,
             self.cancel,

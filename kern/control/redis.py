@@ -36,12 +36,15 @@ from kern.control import lua
 from kern.control.base import REASON_WORKER_LOST, CancelResult, ControlPlane, RunRecord, SeqEvent
 from kern.control.listener import Listener
 from kern.control.lua import ScriptSet, decode_record, encode_record, ms, text
-from kern.exceptions import ControlPlaneUnavailable, RunIdInUse
+from kern.exceptions import ControlPlaneUnavailable, RunIdInUse, RuntimeFailure
 from kern.ids import validate_run_id
 from kern.run.agent import Metrics, event_from_json
 from kern.run.base import RunStatus
 
 logger = logging.getLogger(__name__)
+
+TRIM_EVERY = 16
+"""The recent-runs index is trimmed on one create in this many (and by the listener)."""
 
 _APPEND_BATCH = 256  # events per EVALSHA: bounds one script's argument list
 _LIST_PAGE = 200  # records read per round trip by list_runs
@@ -84,6 +87,7 @@ class RedisControlPlane(ControlPlane):
         self._incs: dict[str, str] = {}  # run id -> incarnation nonce, for runs started here
         self._unsaved: dict[str, list[str]] = {}  # run id -> finish args Redis did not take yet
         self._last_heartbeat = -float("inf")  # monotonic time of the last lease refresh
+        self._creates = 0  # runs created by this client: every TRIM_EVERY-th trims the index
         self._listener: Listener | None = None
         self._closed = False
 
@@ -116,14 +120,56 @@ class RedisControlPlane(ControlPlane):
 
         def build(pipe: Pipeline) -> None:
             self.scripts.create(pipe, self._run_keys(run_id), [inc, pending_ms, *fields])
-            # NX: if the id is refused, the run that holds it keeps its place.
-            pipe.zadd(self.keys.recent, {run_id: record.created_at}, nx=True)
-            pipe.zremrangebyrank(self.keys.recent, 0, -K.MAX_RECENT_RUNS - 1)
+            self._add_to_recent(pipe, run_id, record.created_at)
 
         with self._guard("create a run"):
             created = self._execute(build)[0]
         if not created:
             raise RunIdInUse(f"run {run_id} exists already")
+
+    def begin(self, record: RunRecord) -> RunRecord:
+        """Create and start a local run in one script and one round trip."""
+        run_id = validate_run_id(record.run_id)
+        self._ensure_listener()
+        owner = self.owner_id
+        inc = uuid.uuid4().hex[:16]
+        running = record.model_copy(
+            update={"status": RunStatus.running, "owner": owner, "started_at": time.time()}
+        )
+        stale_lease = time.monotonic() - self._last_heartbeat > self.lease_ttl / 3
+
+        def build(pipe: Pipeline) -> None:
+            if stale_lease:  # the lease must exist before any reader sees RUNNING
+                self._add_heartbeat(pipe)
+            pipe.sadd(self.keys.owner_runs(owner), run_id)
+            pipe.zadd(self.keys.active, {run_id: running.started_at or time.time()})
+            self._add_to_recent(pipe, run_id, record.created_at)
+            self.scripts.begin(
+                pipe, [self.keys.run(run_id)], [inc, *encode_record(running, inc=inc)]
+            )
+
+        with self._guard("begin a run"):
+            began = self._execute(build)[-1]
+            if stale_lease:
+                self._last_heartbeat = time.monotonic()
+            if not began:  # the id is taken: leave the run that holds it alone
+                self._execute(
+                    lambda p: [
+                        p.srem(self.keys.owner_runs(owner), run_id),
+                        p.zrem(self.keys.active, run_id),
+                    ]
+                )
+                raise RunIdInUse(f"run {run_id} exists already")
+        with self._lock:
+            self._incs[run_id] = inc
+        return running
+
+    def _add_to_recent(self, pipe: Pipeline, run_id: str, created_at: float) -> None:
+        # NX: if the id is refused, the run that holds it keeps its place.
+        pipe.zadd(self.keys.recent, {run_id: created_at}, nx=True)
+        self._creates += 1
+        if (self._creates - 1) % TRIM_EVERY == 0:  # the index is trimmed often, not at every run
+            pipe.zremrangebyrank(self.keys.recent, 0, -K.MAX_RECENT_RUNS - 1)
 
     def start(self, run_id: str) -> RunRecord | None:
         self._ensure_listener()
@@ -142,13 +188,9 @@ class RedisControlPlane(ControlPlane):
             if stale_lease:
                 self._last_heartbeat = time.monotonic()
             record = decode_record(raw, run_id)
-            if record is None:  # not ours to run: undo the index entries
-                self._execute(
-                    lambda p: [
-                        p.srem(self.keys.owner_runs(owner), run_id),
-                        p.zrem(self.keys.active, run_id),
-                    ]
-                )
+            if record is None:  # not ours to run: undo our own index entry
+                # (The active entry may be another owner's: listing prunes strays.)
+                self.redis.srem(self.keys.owner_runs(owner), run_id)
                 return None
         with self._lock:
             self._incs[run_id] = text(lua.as_dict(raw).get("inc", ""))
@@ -358,15 +400,17 @@ class RedisControlPlane(ControlPlane):
 
     @contextlib.contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
-        """Turn redis-py errors into `ControlPlaneUnavailable` with a readable message."""
+        """Turn redis-py errors into kern's: `ControlPlaneUnavailable` when Redis cannot
+        be reached (worth retrying), `RuntimeFailure` when it refused the command."""
         try:
             yield
         except redis.RedisError as exc:
-            down = isinstance(exc, redis.ConnectionError | redis.TimeoutError)
-            what = "is unreachable" if down else "failed"
-            raise ControlPlaneUnavailable(
-                f"cannot {doing}: Redis at {lua.describe(self.redis)} {what} ({exc})"
-            ) from exc
+            where = f"Redis at {lua.describe(self.redis)}"
+            if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.ReadOnlyError):
+                raise ControlPlaneUnavailable(
+                    f"cannot {doing}: {where} is unreachable ({exc})"
+                ) from exc
+            raise RuntimeFailure(f"cannot {doing}: {where} refused it ({exc})") from exc
 
     def _read(self, run_id: str) -> RunRecord | None:
         return next(iter(self._read_many([run_id])), None)

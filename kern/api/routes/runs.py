@@ -15,7 +15,7 @@ from kern.api.body import OPENAPI_BODY, read_run_create
 from kern.api.errors import RunConflict
 from kern.api.routes import error_responses
 from kern.api.schemas import RunAccepted, RunView
-from kern.api.settings import MAX_CANCEL_WAIT
+from kern.api.settings import MAX_CANCEL_WAIT, MAX_EVENT_ID
 from kern.api.state import ApiState, get_state
 from kern.control.base import RunRecord
 from kern.exceptions import RuntimeFailure
@@ -157,10 +157,12 @@ async def run_events(
     run_id: RunId,
     state: State,
     last_event_id: Annotated[
-        int | None, Query(ge=0, description="Resume after this event (as Last-Event-ID).")
+        int | None,
+        Query(ge=0, le=MAX_EVENT_ID, description="Resume after this event (as Last-Event-ID)."),
     ] = None,
     last_event_id_header: Annotated[
-        int | None, Header(alias="Last-Event-ID", ge=0, include_in_schema=False)
+        int | None,
+        Header(alias="Last-Event-ID", ge=0, le=MAX_EVENT_ID, include_in_schema=False),
     ] = None,
 ) -> StreamingResponse:
     agent = state.agent(agent_id)
