@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,62 +13,14 @@ from pathlib import Path
 
 import redis
 
+from kern.testing.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = ROOT / "tests" / "procs" / "stream_worker.py"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class PrivateRedis:
-    """``redis-server`` on a free loopback port, no persistence (clean INFO commandstats)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.mkdtemp(prefix="kern-bench-redis-")
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> PrivateRedis:
-        self._proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        client.close()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait(10)
-        shutil.rmtree(self._dir, ignore_errors=True)
+PrivateRedis = RedisServer
+"""A private redis-server (no persistence: clean INFO commandstats)."""
 
 
 @dataclass

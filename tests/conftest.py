@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from redis_support import RedisServer, answers, delete_prefix, unique_prefix
+from redis_support import delete_prefix, unique_prefix
+
+from kern.testing.redis_server import RedisServer, answers
 
 DEFAULT_TEST_REDIS_URL = "redis://127.0.0.1:6379/0"
 

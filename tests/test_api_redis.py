@@ -7,9 +7,10 @@ import time
 
 import httpx
 from api_support import make_agents, serve
-from redis_support import RedisServer, unique_prefix
+from redis_support import unique_prefix
 
 from kern.control.redis import RedisControlPlane
+from kern.testing.redis_server import RedisServer
 
 
 async def test_redis_down_is_503_and_the_api_recovers_when_it_returns(

@@ -34,6 +34,8 @@ def server() -> Iterator[LocalOpenAIServer]:
 
 @pytest.fixture(autouse=True)
 def fresh(server: LocalOpenAIServer) -> None:
+    # The last test's abandoned streams must be counted before the counters restart.
+    assert server.wait_for(lambda s: s.active_requests == 0, timeout=GENEROUS)
     server.script = ServerScript(chunk_delay=0.005)
     server.reset_counters()
 

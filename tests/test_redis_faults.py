@@ -19,7 +19,7 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from redis_support import RedisServer, start_proc, wait_for
+from redis_support import start_proc, wait_for
 from test_redis_processes import Worker
 
 from kern.context import RunHandle
@@ -28,6 +28,7 @@ from kern.control.redis import RedisControlPlane
 from kern.exceptions import ControlPlaneUnavailable
 from kern.run.agent import RunCancelledEvent, RunCompletedEvent
 from kern.run.base import RunStatus
+from kern.testing.redis_server import RedisServer
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 from redis.retry import Retry
-from redis_support import free_port, wait_for
+from redis_support import wait_for
 
 from kern.agent import Agent
 from kern.context import RunHandle
@@ -30,6 +30,7 @@ from kern.exceptions import ControlPlaneUnavailable
 from kern.models.offline import OfflineModel
 from kern.run.agent import RunCancelledEvent, RunContentEvent, RunEvent
 from kern.run.base import RunStatus
+from kern.testing.redis_server import free_port
 
 BACKENDS = ["fakeredis", pytest.param("redis", marks=pytest.mark.redis)]
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 
 import pytest
 import redis
-from redis_support import free_port, kern_cli, start_proc
+from redis_support import kern_cli, start_proc
 
 from kern.control.base import REASON_WORKER_LOST, RunRecord
 from kern.control.redis import RedisControlPlane
 from kern.run.agent import RunCancelledEvent, RunCompletedEvent, TerminalEvent, event_from_json
 from kern.run.base import RunStatus
+from kern.testing.redis_server import free_port
 
 pytestmark = pytest.mark.redis
 

@@ -181,7 +181,10 @@ def test_reader_that_reconnects_resumes_after_its_last_event(
     seen = [e for _, e in first] + rest
     log = [e for _, e in client.control.read_events(run_id)]
     assert [e.model_dump() for e in seen] == [e.model_dump() for e in log], (
-        [e.event.value for e in seen[-3:]], [e.event.value for e in log[-3:]], len(seen), len(log)
+        [e.event.value for e in seen[-3:]],
+        [e.event.value for e in log[-3:]],
+        len(seen),
+        len(log),
     )
     assert seen[-1].event == RunEvent.run_cancelled
 

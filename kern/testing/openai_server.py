@@ -67,6 +67,7 @@ class _Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests = self.disconnects = self.completed_streams = self.active_streams = 0
+        self.active_requests = 0  # answers (streamed or not) being sent right now
 
 
 class _ScriptedResponse(StreamingResponse):
@@ -129,9 +130,9 @@ class _ScriptedResponse(StreamingResponse):
             await task()
             group.cancel_scope.cancel()
 
-        if self._stream:
-            with counters.lock:
-                counters.active_streams += 1
+        with counters.lock:
+            counters.active_requests += 1
+            counters.active_streams += int(self._stream)
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(first_of, deliver, group)
@@ -139,6 +140,7 @@ class _ScriptedResponse(StreamingResponse):
         finally:
             await self._body.aclose()
             with counters.lock:
+                counters.active_requests -= 1
                 if self._stream:
                     counters.active_streams -= 1
                     counters.completed_streams += int(finished)
@@ -200,6 +202,12 @@ class LocalOpenAIServer:
         """Streams open right now."""
         with self._counters.lock:
             return self._counters.active_streams
+
+    @property
+    def active_requests(self) -> int:
+        """Answers (streamed or not) being sent right now."""
+        with self._counters.lock:
+            return self._counters.active_requests
 
     def reset_counters(self) -> None:
         """Zero the finished tallies and forget ``last_request``."""
