@@ -37,7 +37,7 @@ import anyio
 import uvicorn
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -304,6 +304,10 @@ class LocalOpenAIServer:
     async def _read(self, request: Request) -> JSON | Response:
         try:
             body = await request.json()
+        except ClientDisconnect:  # gone before it finished sending: nothing to answer
+            with self._counters.lock:
+                self._counters.disconnects += 1
+            return Response(status_code=499)
         except ValueError:
             body = None
         if not isinstance(body, dict):
