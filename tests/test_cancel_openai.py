@@ -176,18 +176,25 @@ def test_cancel_after_completion_and_twice(server: LocalOpenAIServer, agent: Age
     assert [e.event for e in stream] == [RunEvent.run_cancelled]
 
 
-def test_non_streaming_run_cancelled_while_waiting(server: LocalOpenAIServer, agent: Agent) -> None:
-    server.script = ServerScript(first_token_delay=30)
-    result: list[object] = []
-    runner = threading.Thread(target=lambda: result.append(agent.run("hi", run_id="quiet")))
-    runner.start()
-    assert server.wait_for(lambda s: s.requests == 1, timeout=GENEROUS)
-    time.sleep(0.2)  # the server is in its 30 s stall now
-    assert agent.cancel_run("quiet")
-    runner.join(GENEROUS)
-    output = result[0]
-    assert getattr(output, "status", None) == RunStatus.cancelled
-    assert server.wait_for(lambda s: s.disconnects == 1, timeout=GENEROUS)
+@pytest.mark.parametrize("api", [OpenAIResponses, OpenAIChat])
+def test_non_streaming_run_cancelled_while_waiting(api: type[OpenAIResponses | OpenAIChat]) -> None:
+    # A server of its own: no other test's late disconnect can land in its counters.
+    with LocalOpenAIServer(ServerScript(first_token_delay=30)) as server:
+        agent = Agent(
+            name="quiet",
+            model=api("gpt-test", base_url=server.base_url, api_key="test"),
+            control=MemoryControlPlane(),
+        )
+        result: list[object] = []
+        runner = threading.Thread(target=lambda: result.append(agent.run("hi", run_id="quiet")))
+        runner.start()
+        assert server.wait_for(lambda s: s.active_requests == 1, timeout=GENEROUS)
+        assert agent.cancel_run("quiet")
+        runner.join(GENEROUS)
+        output = result[0]
+        assert getattr(output, "status", None) == RunStatus.cancelled
+        closed = server.wait_for(lambda s: s.disconnects == 1, timeout=GENEROUS)
+        assert closed, (server.disconnects, server.requests, server.active_requests)
 
 
 def test_reader_that_stops_early_closes_the_stream(server: LocalOpenAIServer, agent: Agent) -> None:
