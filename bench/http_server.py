@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import httpx
 
 from kern.agent import Agent
 from kern.models.offline import OfflineModel, story
+from kern.testing.redis_server import free_port
 
 HERE = Path(__file__).parent
 
@@ -29,13 +29,6 @@ agents = [
     Agent(name="firehose", model=OfflineModel(story(60_000), id="offline-burst")),
     Agent(name="trickle", model=OfflineModel(story(60_000), chunk_delay=1e-9, id="offline-yield")),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

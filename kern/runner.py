@@ -61,6 +61,16 @@ class RunRequest:
     user_id: str | None = None
     stream: bool = True
 
+    def record(self, agent_id: str) -> RunRecord:
+        """The PENDING record that stores this run."""
+        return RunRecord(
+            run_id=self.run_id,
+            agent_id=agent_id,
+            session_id=self.session_id,
+            user_id=self.user_id,
+            input=self.input,
+        )
+
 
 @dataclass(slots=True)
 class _Progress:
@@ -131,14 +141,7 @@ async def _begin(
     control = agent.control
     if not create:
         return await _settle(handle, control.astart(request.run_id))
-    record = RunRecord(
-        run_id=request.run_id,
-        agent_id=agent.id,
-        session_id=request.session_id,
-        user_id=request.user_id,
-        input=request.input,
-    )
-    begun = await _settle(handle, control.abegin(record))
+    begun = await _settle(handle, control.abegin(request.record(agent.id)))
     # Cancelled between the two halves of a two-step begin: it is over already.
     return begun if begun.status == RunStatus.running else None
 

@@ -22,6 +22,7 @@ from kern.cli import app as cli
 from kern.control.base import RunRecord
 from kern.control.memory import MemoryControlPlane
 from kern.run.base import RunStatus
+from kern.testing.redis_server import free_port
 
 TESTS = Path(__file__).parent
 KERN = [sys.executable, "-c", "from kern.cli import main; main()"]
@@ -162,7 +163,7 @@ def test_kern_run_reports_usage_and_connection_errors() -> None:
 def served() -> Iterator[str]:
     """``kern serve api_support:SERVED`` in a subprocess; yields its URL."""
     with httpx.Client() as probe:
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [*KERN, "serve", "api_support:SERVED", "--port", str(port), "--log-level", "warning"],
             cwd=TESTS,
@@ -212,15 +213,6 @@ def test_kern_serve_refuses_bad_setups(
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait_healthy(client: httpx.Client, url: str, process: subprocess.Popen[str]) -> None:

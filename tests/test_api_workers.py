@@ -11,17 +11,18 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from api_support import SeqMessage, check_contract
-from test_api_cli import KERN, TESTS, _env, _free_port, _wait_healthy
+from test_api_cli import KERN, TESTS, _env, _wait_healthy
 
 from kern.api.sse import iter_sse
 from kern.run.agent import RunCancelledEvent, RunContentEvent, event_from_json
+from kern.testing.redis_server import free_port
 
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
 def two_workers(redis_url: str, redis_prefix: str) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     env = _env(KERN_REDIS_URL=redis_url, KERN_REDIS_PREFIX=redis_prefix)
     process = subprocess.Popen(
         [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from kern.api.feeds import FeedHub, RunFeed
 from kern.api.settings import DispatchKind
-from kern.control.base import ControlPlane, RunRecord
+from kern.control.base import ControlPlane
 from kern.exceptions import ConfigError
 from kern.runner import RunRequest, execute_run
 
@@ -62,15 +62,7 @@ class InlineDispatcher:
         return len(self._runs)
 
     async def submit(self, agent: Agent, request: RunRequest) -> None:
-        await agent.control.acreate(
-            RunRecord(
-                run_id=request.run_id,
-                agent_id=agent.id,
-                session_id=request.session_id,
-                user_id=request.user_id,
-                input=request.input,
-            )
-        )
+        await agent.control.acreate(request.record(agent.id))
         feed = self.hub.open(request.run_id)
         task = asyncio.create_task(self._execute(agent, request, feed), name=request.run_id)
         self._runs[request.run_id] = (agent, task)
@@ -123,14 +115,7 @@ class QueueDispatcher:
         self.queue = RunQueue(control)
 
     async def submit(self, agent: Agent, request: RunRequest) -> None:
-        record = RunRecord(
-            run_id=request.run_id,
-            agent_id=agent.id,
-            session_id=request.session_id,
-            user_id=request.user_id,
-            input=request.input,
-        )
-        await asyncio.to_thread(self.queue.submit, record)
+        await asyncio.to_thread(self.queue.submit, request.record(agent.id))
 
     async def aclose(self) -> None:
         """Queued and running runs belong to the workers: nothing to stop here."""
